@@ -1,0 +1,120 @@
+"""Command line: generate and quantize (bench and plan join as they land).
+
+Errors a user can fix (a bad model path, a setting out of range) print one clear message
+and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    from .loader import FP8_PATH_CHOICES, PRECISIONS, T5_MODES
+
+    p.add_argument("--model", default="demo", help="demo (default), a hub id, a diffusers folder, a .safetensors file or an fp8pipe checkpoint")
+    p.add_argument("--precision", default="fp8", choices=PRECISIONS, help="transformer precision (default fp8)")
+    p.add_argument("--t5", default="16bit", choices=T5_MODES, help="T5-XXL: 16-bit, fp8 weight-only, on the CPU, or dropped")
+    p.add_argument("--fp8-path", default="auto", choices=FP8_PATH_CHOICES, help="FP8 execution: scaled matmul or upcast (auto picks by device)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--base", default=None, help="for a single transformer file: the folder or hub id that provides text encoders and VAE")
+
+
+def _load(args):
+    from .loader import LoadOptions, load_model
+
+    options = LoadOptions(precision=args.precision, t5=args.t5, fp8_path=args.fp8_path, device=args.device, base=args.base)
+    loaded = load_model(args.model, options)
+    if loaded.random_weights:
+        print("note: the demo model has random weights (no trained demo model is shipped yet): images are noise patterns.", file=sys.stderr)
+    return loaded
+
+
+def cmd_generate(args) -> int:
+    from .generation import generate
+    from .requests import GenerationRequest
+
+    loaded = _load(args)
+    request = GenerationRequest.create(
+        loaded.spec,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+    )
+    result = generate(loaded, request, progress=True)
+    path = result.save_png(args.out)
+    stats = {**result.stats, "load_s": round(loaded.load_seconds, 3), "out": str(path), "fp8": loaded.fp8.as_dict() if loaded.fp8 else None}
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(f"wrote {path} ({request.width}x{request.height}, {request.steps} steps, seed {request.seed}) in {stats['latency_s']:.2f} s")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from pathlib import Path
+
+    from .checkpoint import save_fp8_checkpoint
+    from .fp8 import TRANSFORMER_POLICY
+    from .loader import LoadOptions, load_model
+
+    loaded = load_model(args.model, LoadOptions(precision="fp8", fp8_path="upcast", device=args.device, base=args.base))
+    out = save_fp8_checkpoint(loaded.pipe, Path(args.out), TRANSFORMER_POLICY, source=args.model, spec_name=loaded.spec.name)
+    report = loaded.fp8.as_dict()
+    print(json.dumps({"out": str(out), "quantized_layers": report["quantized_layers"], "fp8_weight_bytes": report["fp8_weight_bytes"], "other_bytes": report["other_bytes"]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fp8pipe", description="Stable Diffusion 3.5 with an FP8 transformer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write one image as a PNG with its parameters")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--out", required=True, help="the PNG file to write")
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--guidance", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--json", action="store_true", help="print the stats as one JSON object")
+    _add_load_options(g)
+    g.set_defaults(func=cmd_generate)
+
+    q = sub.add_parser("quantize", help="write an FP8 checkpoint (safetensors only) that --model DIR loads")
+    q.add_argument("--model", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--base", default=None)
+    q.set_defaults(func=cmd_quantize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    from .errors import ModelLoadError
+    from .requests import RequestError
+
+    try:
+        return args.func(args)
+    except (ModelLoadError, RequestError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,126 @@
+"""GenerationRequest: every generation setting, validated in one place against a model's limits.
+
+Errors name the field and its allowed range, so the CLI, the engine and the app can show
+them as they are.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import unicodedata
+from dataclasses import dataclass
+
+from .specs import ModelSpec
+
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_PROMPT_CHARS = 2000
+
+
+class RequestError(ValueError):
+    """A request setting is out of range; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may ask for; presets narrow these, the model's spec bounds them."""
+
+    min_size: int
+    max_size: int
+    size_multiple: int
+    max_steps: int = MAX_STEPS
+    max_guidance: float = MAX_GUIDANCE
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec) -> "Limits":
+        return cls(min_size=spec.min_resolution, max_size=spec.max_resolution, size_multiple=spec.size_multiple)
+
+
+def _integer(field: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or value is None:
+        raise RequestError(field, f"must be a whole number from {low} to {high}; got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise RequestError(field, f"must be a whole number from {low} to {high}; got {value!r}")
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise RequestError(field, f"must be a whole number from {low} to {high}; got {value!r}") from None
+    if not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(field, f"must be a whole number from {low} to {high}; got {value!r}")
+    return value
+
+
+def _text(field: str, value, max_chars: int, required: bool) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise RequestError(field, f"must be text; got {type(value).__name__}")
+    # Control characters (but not line breaks) carry no meaning for a text encoder.
+    value = "".join(c for c in value if c in "\n\t" or unicodedata.category(c) != "Cc").strip()
+    if required and not value:
+        raise RequestError(field, "must not be empty")
+    if len(value) > max_chars:
+        raise RequestError(field, f"must be at most {max_chars} characters; got {len(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    seed: int
+    width: int
+    height: int
+
+    @classmethod
+    def create(
+        cls,
+        spec: ModelSpec,
+        prompt,
+        negative_prompt=None,
+        steps=None,
+        guidance=None,
+        seed=None,
+        width=None,
+        height=None,
+        limits: Limits | None = None,
+    ) -> "GenerationRequest":
+        """A validated request; missing settings take the model's recommended defaults."""
+        limits = limits or Limits.for_spec(spec)
+        size_range = f"{limits.min_size} to {limits.max_size} in steps of {limits.size_multiple}"
+        sizes = []
+        for field, value in (("width", width), ("height", height)):
+            value = spec.resolution if value is None else value
+            value = _integer(field, value, limits.min_size, limits.max_size)
+            if value % limits.size_multiple:
+                raise RequestError(field, f"must be {size_range}; got {value}")
+            sizes.append(value)
+        if guidance is None:
+            guidance = spec.guidance
+        try:
+            guidance = float(guidance)
+        except (TypeError, ValueError):
+            raise RequestError("guidance", f"must be a number from 0 to {limits.max_guidance}; got {guidance!r}") from None
+        if not math.isfinite(guidance) or not 0.0 <= guidance <= limits.max_guidance:
+            raise RequestError("guidance", f"must be a number from 0 to {limits.max_guidance}; got {guidance!r}")
+        return cls(
+            prompt=_text("prompt", prompt, limits.max_prompt_chars, required=True),
+            negative_prompt=_text("negative_prompt", negative_prompt, limits.max_prompt_chars, required=False),
+            steps=_integer("steps", spec.steps if steps is None else steps, 1, limits.max_steps),
+            guidance=guidance,
+            seed=secrets.randbelow(MAX_SEED + 1) if seed is None else _integer("seed", seed, 0, MAX_SEED),
+            width=sizes[0],
+            height=sizes[1],
+        )
