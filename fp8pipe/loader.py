@@ -285,8 +285,28 @@ def _transformer_config(folder: Path) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
-def _spec_for(name: str, config: dict) -> ModelSpec:
-    return find_spec(name) or spec_for_transformer_config(config) or SPECS["sd3.5-medium"]
+def _spec_for(name: str, config: dict, folder: Path) -> ModelSpec:
+    """The known family by name or shape; otherwise a spec read from the folder's own configs."""
+    known = find_spec(name) or spec_for_transformer_config(config)
+    if known is not None:
+        return known
+    import json
+
+    vae_path = folder / "vae" / "config.json"
+    vae = json.loads(vae_path.read_text()) if vae_path.is_file() else SPECS["sd3.5-medium"].vae_config
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    multiple = factor * config["patch_size"]
+    return ModelSpec(
+        name="sd3-custom",
+        hub_id=None,
+        transformer_config=config,
+        steps=28,
+        guidance=4.5,
+        resolution=config["sample_size"] * factor,
+        min_resolution=2 * multiple,
+        max_resolution=config["pos_embed_max_size"] * multiple,
+        vae_config=vae,
+    )
 
 
 def _demo_components(spec: ModelSpec, with_t5: bool) -> dict:
@@ -386,7 +406,7 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         manifest = ckpt.read_manifest(folder) if source.kind == "fp8_checkpoint" else None
         if manifest is not None:
             policy = FP8Policy.from_dict(manifest["policy"])
-        spec = _spec_for((manifest or {}).get("spec") or source.location, config)
+        spec = _spec_for((manifest or {}).get("spec") or source.location, config, folder)
         if manifest is not None and manifest.get("spec") == "demo":
             kind = "fp8_checkpoint-demo"
         components = _pretrained_components(str(folder) if source.kind != "hub" else source.location, options.t5)

@@ -55,8 +55,11 @@ def build_t5_tokenizer():
     return T5Tokenizer(vocab=t5_unigram_vocab(), extra_ids=0, model_max_length=512)
 
 
-def build_tiny_pipeline(spec: ModelSpec, seed: int = 0, with_t5: bool = True):
-    """A StableDiffusion3Pipeline of `spec`'s tiny configs with seeded random weights (fp32, CPU)."""
+def build_tiny_pipeline(spec: ModelSpec, seed: int = 0, with_t5: bool = True, clip_tokenizer=None, t5_tokenizer=None):
+    """A StableDiffusion3Pipeline of `spec`'s tiny configs with seeded random weights (fp32, CPU).
+
+    Tokenizers default to the ones built here; tests pass their own, read from files they wrote.
+    """
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -65,8 +68,8 @@ def build_tiny_pipeline(spec: ModelSpec, seed: int = 0, with_t5: bool = True):
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    clip_tok = build_clip_tokenizer()
-    t5_tok = build_t5_tokenizer()
+    clip_tok = clip_tokenizer or build_clip_tokenizer()
+    t5_tok = t5_tokenizer or build_t5_tokenizer()
     clip_ids = {
         "vocab_size": len(clip_tok),
         "bos_token_id": clip_tok.bos_token_id,

@@ -1,0 +1,83 @@
+"""Shared fixtures: one tiny SD3 pipeline, written to disk as a real diffusers folder.
+
+Its tokenizers come from files the fixture writes itself (a CLIP vocab.json/merges.txt and a
+T5 tokenizer.json), so nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fp8pipe import specs, tiny  # noqa: E402
+
+# Eight blocks of width 256: small enough for a fast CPU test, deep enough that the blocks
+# (not the embeddings the policy keeps) hold most bytes, as in the real models.
+TEST_TRANSFORMER = {
+    **specs.DEMO_TRANSFORMER,
+    "num_layers": 8,
+    "num_attention_heads": 4,
+    "attention_head_dim": 64,
+    "caption_projection_dim": 256,
+    "sample_size": 16,
+    "pos_embed_max_size": 16,
+}
+TEST_SPEC = dataclasses.replace(specs.SPECS["demo"], name="tiny-test", resolution=64, min_resolution=32, steps=4, transformer_config=TEST_TRANSFORMER)
+
+
+def write_tokenizer_files(folder):
+    """CLIP vocab.json + merges.txt and a T5 tokenizer.json, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tiny.clip_vocab()))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    t5 = Tokenizer(models.Unigram(tiny.t5_unigram_vocab(), unk_id=2, byte_fallback=False))
+    t5.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    t5.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    t5.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    t5.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def tokenizers_from_files(folder):
+    from transformers import CLIPTokenizer, T5Tokenizer
+
+    clip = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
+    t5 = T5Tokenizer(tokenizer_file=str(folder / "tokenizer.json"), extra_ids=0, model_max_length=512)
+    return clip, t5
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny random SD3 pipeline saved as a diffusers folder (safetensors only)."""
+    root = tmp_path_factory.mktemp("tiny-sd3")
+    clip, t5 = tokenizers_from_files(write_tokenizer_files(root / "tokenizer-files"))
+    pipe = tiny.build_tiny_pipeline(TEST_SPEC, seed=0, clip_tokenizer=clip, t5_tokenizer=t5)
+    pipe.save_pretrained(root / "pipeline", safe_serialization=True)
+    return root / "pipeline"
+
+
+@pytest.fixture(scope="session")
+def load_tiny(tiny_pipeline_dir):
+    """load_tiny(**LoadOptions fields) -> LoadedModel of the tiny pipeline on the CPU."""
+    from fp8pipe.loader import LoadOptions, load_model
+
+    def load(**options):
+        return load_model(str(tiny_pipeline_dir), LoadOptions(device="cpu", **options))
+
+    return load
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)
