@@ -85,10 +85,10 @@ def _versions() -> dict:
 
 def transformer_storage_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The transformer's tensors as stored: FP8 weights and float32 scales as they are, the rest bf16."""
-    fp8_scales = {id(m.scale) for m in transformer.modules() if isinstance(m, FP8Linear)}
+    fp8_scales = {f"{name}.scale" for name, m in transformer.named_modules() if isinstance(m, FP8Linear)}
     state = {}
     for name, t in transformer.state_dict().items():
-        if t.dtype != FP8_DTYPE and id(t) not in fp8_scales and t.is_floating_point():
+        if t.dtype != FP8_DTYPE and name not in fp8_scales and t.is_floating_point():
             t = t.to(STORAGE_DTYPE)
         state[name] = t.detach().to("cpu").contiguous()
     return state
@@ -113,8 +113,8 @@ def save_fp8_checkpoint(pipe, out: Path, policy: FP8Policy, source: str, spec_na
         if name == "transformer" or component is None:
             continue
         if isinstance(component, torch.nn.Module):
-            component = component.to(STORAGE_DTYPE)
             component.save_pretrained(out / name, safe_serialization=True)
+            _rewrite_in_storage_dtype(out / name)
         else:  # tokenizers, scheduler
             component.save_pretrained(out / name)
     pipe.save_config(out)
@@ -132,6 +132,19 @@ def save_fp8_checkpoint(pipe, out: Path, policy: FP8Policy, source: str, spec_na
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _rewrite_in_storage_dtype(folder: Path) -> None:
+    """Cast the floating tensors of a saved component to bf16 on disk (the live model is untouched)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        state = {k: t.to(STORAGE_DTYPE) if t.is_floating_point() else t for k, t in state.items()}
+        save_file(state, str(path), metadata=metadata)
 
 
 # ---- single files -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Command line: generate and quantize (bench and plan join as they land).
+"""Command line: generate, quantize, policy (bench and plan join as they land).
 
 Errors a user can fix (a bad model path, a setting out of range) print one clear message
 and exit with status 2; no traceback.
@@ -81,6 +81,26 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_policy(args) -> int:
+    from .errors import ModelLoadError
+    from .loader import transformer_report_on_meta
+    from .specs import find_spec
+
+    spec = find_spec(args.model)
+    if spec is None:
+        raise ModelLoadError(f"unknown model family {args.model!r}", fix="use sd3.5-large, sd3.5-large-turbo, sd3.5-medium or demo")
+    report = {"model": spec.name, **transformer_report_on_meta(spec.transformer_config)}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    gib = 2**30
+    print(f"{spec.name}: {report['parameters'] / 1e9:.2f} B parameters")
+    print(f"  FP8 policy quantizes {report['quantized_layers']} Linear layers (patterns {report['policy']['quantize']})")
+    print(f"  keeps {len(report['kept_linear_layers'])} Linear layers in 16-bit: {', '.join(report['kept_linear_layers'])}")
+    print(f"  weights: {report['fp8_bytes'] / gib:.2f} GiB FP8 against {report['bf16_bytes'] / gib:.2f} GiB BF16 ({report['fp8_over_bf16']:.3f}x)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fp8pipe", description="Stable Diffusion 3.5 with an FP8 transformer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--base", default=None)
     q.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("policy", help="what the FP8 policy quantizes and keeps for a model family, and the bytes (no download, no memory)")
+    p.add_argument("--model", default="sd3.5-large")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_policy)
     return parser
 
 

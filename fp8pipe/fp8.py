@@ -239,3 +239,9 @@ def fp8_report(model: nn.Module) -> FP8Report:
         if id(t) not in fp8_ids:
             report.other_bytes += tensor_bytes(t)
     return report
+
+
+def relative_l2(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """||x - reference|| / ||reference||, in float64: the fidelity measure used throughout."""
+    x, reference = x.double(), reference.double()
+    return float((x - reference).norm() / reference.norm().clamp(min=1e-30))

@@ -387,14 +387,18 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         tensors = components.pop("transformer").state_dict().items()
     elif source.kind == "single_file":
         layout, state = ckpt.read_single_file_transformer(Path(source.location))
-        config = ckpt.infer_transformer_config(state, [s.transformer_config for s in SPECS.values()])
+        candidates = [s.transformer_config for s in SPECS.values()]
+        base_folder = Path(options.base).expanduser() if options.base and Path(options.base).expanduser().is_dir() else None
+        if base_folder is not None and (base_folder / "transformer" / "config.json").is_file():
+            candidates.insert(0, _transformer_config(base_folder))  # the base's own architecture first
+        config = ckpt.infer_transformer_config(state, candidates)
         if config is None:
             raise ModelLoadError(
                 f"{Path(source.location).name} ({layout} layout) matches none of the known SD3.5 architectures",
                 tried=[source.location],
                 fix="pass a diffusers folder with its own config instead",
             )
-        spec = spec_for_transformer_config(config)
+        spec = _spec_for("", config, base_folder or Path(source.location).parent)
         base = options.base or spec.hub_id or "demo"
         kind = f"single_file:{layout}"
         components = _demo_components(spec, options.t5 != "drop") if base == "demo" else _load_base(base, options.t5)
@@ -445,3 +449,26 @@ def _load_base(base: str, t5: str) -> dict:
     if source.kind == "hub":
         _hub_snapshot(source.location, ["model_index.json"])  # fail fast, with the clear message, when offline
     return _pretrained_components(source.location, t5)
+
+
+def transformer_report_on_meta(config: dict, policy: FP8Policy = TRANSFORMER_POLICY) -> dict:
+    """What the policy does to a transformer of this shape, counted on the meta device (no
+    memory allocated): quantized and kept layers, and bytes at FP8 against all-BF16."""
+    model = _empty_transformer(config)
+    bf16_bytes = sum(t.numel() * 2 for t in model.parameters())
+    swap_linears_to_fp8(model, policy, "upcast", torch.bfloat16, quantize_weights=False)
+    report = fp8_report(model)
+    fp8_bytes = sum(
+        t.numel() * (t.element_size() if t.dtype in (FP8_DTYPE, torch.float32) else 2) for t in model.parameters()
+    )
+    allocated = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not t.is_meta]
+    return {
+        "policy": policy.as_dict(),
+        "quantized_layers": len(report.quantized),
+        "kept_linear_layers": report.kept_linear,
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "bf16_bytes": bf16_bytes,
+        "fp8_bytes": fp8_bytes,
+        "fp8_over_bf16": round(fp8_bytes / bf16_bytes, 4),
+        "allocated_tensors": len(allocated),
+    }

@@ -81,3 +81,20 @@ def load_tiny(tiny_pipeline_dir):
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+def transformer_inputs(config: dict, seed: int = 0, text_tokens: int = 40) -> dict:
+    """Fixed random inputs for one transformer call (float32; the model casts as it needs)."""
+    g = torch.Generator().manual_seed(seed)
+    side = config["sample_size"]
+    return {
+        "hidden_states": torch.randn(1, config["in_channels"], side, side, generator=g),
+        "encoder_hidden_states": torch.randn(1, text_tokens, config["joint_attention_dim"], generator=g),
+        "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=g),
+        "timestep": torch.tensor([500.0]),
+    }
+
+
+def run_transformer(loaded, inputs: dict) -> torch.Tensor:
+    with torch.inference_mode():
+        return loaded.pipe.transformer(**inputs, return_dict=False)[0].float()
