@@ -56,7 +56,9 @@ class FP8Policy:
 
 
 TRANSFORMER_POLICY = FP8Policy()
-T5_POLICY = FP8Policy(quantize=("encoder.block.*",), keep=())
+# T5's feed-forward output `wo` is the layer transformers keeps in fp32 (it overflows in 16-bit),
+# and its forward casts activations to `wo.weight.dtype`: it stays unquantized.
+T5_POLICY = FP8Policy(quantize=("encoder.block.*",), keep=("*.DenseReluDense.wo",))
 
 
 def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = F
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    pipe.set_progress_bar_config(disable=not progress, leave=True)
     start = time.perf_counter()
     output = pipe(
         prompt=request.prompt,
