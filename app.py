@@ -1,0 +1,442 @@
+"""fp8pipe web app: a kiosk that runs itself, an advanced mode for people who tune, an HTTP API.
+
+Thin by design: flags, layout and events. Every request goes through fp8pipe.service (preset
+limits, prompt filter, rate limit) to the engine, which owns the models.
+
+    python app.py                 advanced mode, the preset's model (the embedded demo by default)
+    python app.py --kiosk         full-screen kiosk: prompt, styles, a big image, idle reset
+    python app.py --share --auth me:secret
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+IDLE_CHECK_SECONDS = 2.0
+SLIDESHOW_SECONDS = 5.0
+HISTORY_SIZE = 24
+GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
+
+try:  # Hugging Face ZeroGPU; absent everywhere else
+    import spaces  # type: ignore
+except ImportError:
+    spaces = None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python app.py", description="fp8pipe: SD3.5 in FP8 as a web app")
+    p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode: no settings, idle reset, prompt filter")
+    p.add_argument("--share", action="store_true", help="a public gradio.live link for a week (use --auth with it)")
+    p.add_argument("--model", default=None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint)")
+    p.add_argument("--preset", default=None, help="a shipped preset name (cpu-demo, kiosk-8gb, ...) or a .toml file")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--vram", default=None, help="VRAM budget, e.g. 8GiB (default: the GPU's free memory)")
+    p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    args = p.parse_args(argv)
+    if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
+        p.error("--auth must be USER:PASS with both parts non-empty")
+    if args.queue_size is not None and not 1 <= args.queue_size <= 1000:
+        p.error("--queue-size must be from 1 to 1000")
+    if not 1 <= args.port <= 65535:
+        p.error("--port must be from 1 to 65535")
+    return args
+
+
+@dataclass
+class App:
+    """Everything the events need: the engine, the preset, and the kiosk's slideshow."""
+
+    engine: object
+    preset: object
+    spec: object
+    model: str
+    kiosk: bool
+    limiter: object
+    outputs: Path
+    recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
+
+
+def session_key(request) -> str:
+    if request is None:
+        return "local"
+    return getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", None) or "anonymous"
+
+
+def _as_gradio_error(e: Exception):
+    import gradio as gr
+
+    from fp8pipe.requests import RequestError
+    from fp8pipe.service import Refused
+
+    if isinstance(e, Refused):
+        return gr.Error(str(e), title="Let's try something else")
+    if isinstance(e, RequestError):
+        return gr.Error(str(e), title=f"Invalid {e.field}")
+    return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed")
+
+
+def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, **fields):
+    """Validate, filter, rate-limit, then stream (Progress..., Result) from the engine."""
+    from fp8pipe.requests import RequestError
+    from fp8pipe.service import Refused, build_request, stream_job
+
+    try:
+        req = build_request(app.preset, app.spec, prompt, style=style, **fields)
+        app.limiter.check(session_key(request))
+    except (RequestError, Refused) as e:
+        raise _as_gradio_error(e) from None
+    try:
+        yield from stream_job(app.engine, req, app.model, precision or app.preset.precision, preview)
+    except (RequestError, Refused, RuntimeError) as e:
+        raise _as_gradio_error(e) from None
+
+
+def _final(app: App, stream):
+    """Drain a stream to its Result; save its images; returns (paths, result)."""
+    from fp8pipe.service import save_png
+
+    result = None
+    for item in stream:
+        result = item
+    paths = save_png(result, app.outputs)
+    app.recent.extendleft(str(p) for p in paths)
+    return paths, result
+
+
+def _stats(result, extra: dict | None = None) -> dict:
+    return {**result.stats, "parameters": result.parameters, **(extra or {})}
+
+
+# ---- API -----------------------------------------------------------------------------
+
+
+def api_generate(app: App):
+    def generate(prompt, negative_prompt=None, seed=None, steps=None, guidance=None, width=None, height=None, request=None):
+        """One image. Settings left out take the preset's defaults; the preset's limits hold."""
+        fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
+        paths, result = _final(app, _run(app, prompt, request=request, **fields))
+        return str(paths[0]), _stats(result)
+
+    return generate
+
+
+# ---- kiosk -----------------------------------------------------------------------------
+
+KIOSK_CSS = """
+footer, .footer {display: none !important}
+#prompt textarea {font-size: 1.6rem !important; line-height: 1.3}
+#generate-button {font-size: 1.8rem !important; min-height: 4.5rem}
+#start-button {font-size: 2rem !important; min-height: 6rem}
+#attract-title h1 {font-size: 3rem; text-align: center}
+#style label {font-size: 1.2rem}
+.gradio-container {max-width: 100% !important}
+"""
+
+
+def build_kiosk(app: App, gr):
+    preset = app.preset
+    styles = [s.name for s in preset.styles]
+    with gr.Blocks(title="fp8pipe kiosk", fill_height=True, delete_cache=(600, 3600)) as demo:
+        last_active = gr.State(time.time)
+        slide = gr.State(0)
+        with gr.Column(visible=True, elem_id="attract") as attract:
+            gr.Markdown("# Type an idea. Get a picture.", elem_id="attract-title")
+            slideshow = gr.Image(show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
+            start = gr.Button("Touch to start", variant="primary", elem_id="start-button")
+        with gr.Column(visible=False, elem_id="kiosk-main") as main:
+            prompt = gr.Textbox(
+                label="Your idea",
+                placeholder="a lighthouse on a cliff at sunset",
+                lines=2,
+                max_length=preset.limits_for(app.spec).max_prompt_chars,
+                elem_id="prompt",
+            )
+            style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=bool(styles))
+            if preset.examples:
+                gr.Examples(examples=[[e] for e in preset.examples], inputs=[prompt], label="Ideas")
+            go = gr.Button("Create", variant="primary", elem_id="generate-button")
+            image = gr.Image(label="Your picture", type="filepath", format="png", interactive=False, elem_id="result-image", height=640, buttons=[])
+            status = gr.Markdown(elem_id="status")
+
+        def begin():
+            return gr.update(visible=False), gr.update(visible=True), time.time()
+
+        start.click(begin, None, [attract, main, last_active], api_visibility="private", queue=False)
+
+        def touch():
+            return time.time()
+
+        prompt.input(touch, None, last_active, api_visibility="private", queue=False, show_progress="hidden")
+
+        def create(text, chosen_style, request: gr.Request):
+            yield gr.update(), "Starting...", time.time()
+            result = None
+            for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
+                if hasattr(item, "step"):
+                    picture = item.preview if item.preview is not None else gr.update()
+                    yield picture, f"Step {item.step} of {item.total}", time.time()
+                else:
+                    result = item
+            from fp8pipe.service import save_png
+
+            paths = save_png(result, app.outputs)
+            app.recent.extendleft(str(p) for p in paths)
+            yield str(paths[0]), f"Done in {result.stats['latency_s']:.1f} s", time.time()
+
+        for trigger in (go.click, prompt.submit):
+            trigger(
+                create,
+                [prompt, style],
+                [image, status, last_active],
+                api_visibility="private",
+                concurrency_id=GPU_QUEUE,
+                concurrency_limit=1,
+                trigger_mode="once",
+            )
+
+        timer = gr.Timer(IDLE_CHECK_SECONDS)
+
+        def tick(since, index, on_main):
+            """Idle for longer than the preset allows: back to the attract screen, prompt cleared."""
+            idle = time.time() - since > preset.idle_seconds
+            pictures = list(app.recent)
+            picture = pictures[(index // int(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS)) % len(pictures)] if pictures else None
+            if idle:
+                return gr.update(visible=True), gr.update(visible=False), "", None, "", picture, index + 1
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), picture, index + 1
+
+        timer.tick(
+            tick,
+            [last_active, slide, main],
+            [attract, main, prompt, image, status, slideshow, slide],
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
+        )
+        _add_api(app, gr)
+    return demo
+
+
+# ---- advanced ----------------------------------------------------------------------------
+
+
+def build_advanced(app: App, gr):
+    from fp8pipe.metadata import parse_parameters
+    from fp8pipe.requests import MAX_SEED
+
+    preset, spec = app.preset, app.spec
+    limits, defaults = preset.limits_for(spec), preset.defaults_for(spec)
+    precisions = ["fp8", "bf16", "fp16", "fp32"]
+    with gr.Blocks(title="fp8pipe", delete_cache=(3600, 86400)) as demo:
+        gr.Markdown(f"## fp8pipe: {app.model} ({preset.name})")
+        if app.spec.random_weights and app.model == "demo":
+            gr.Markdown("The embedded demo model has **random weights** for now: its images are noise patterns.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.max_prompt_chars)
+                negative = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"], lines=2)
+                with gr.Row():
+                    precision = gr.Radio(precisions, value=preset.precision, label="Transformer precision")
+                    compare = gr.Checkbox(label="Compare FP8 with BF16 (same seed)", value=False)
+                with gr.Row():
+                    steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Steps")
+                    guidance = gr.Slider(0, limits.max_guidance, value=defaults["guidance"], step=0.1, label="Guidance")
+                with gr.Row():
+                    width = gr.Slider(limits.min_size, limits.max_size, value=defaults["width"], step=limits.size_multiple, label="Width")
+                    height = gr.Slider(limits.min_size, limits.max_size, value=defaults["height"], step=limits.size_multiple, label="Height")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                    randomize = gr.Checkbox(value=True, label="Randomize seed")
+                    batch = gr.Slider(1, 8, value=1, step=1, label="Batch count")
+                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png")
+            with gr.Column(scale=3):
+                gallery = gr.Gallery(label="Images", columns=2, height=520, format="png", elem_id="result-gallery")
+                with gr.Row(visible=False) as compare_row:
+                    diff = gr.Image(label="|FP8 - BF16| x4", interactive=False, format="png")
+                stats = gr.JSON(label="Stats")
+                history = gr.Gallery(label="History", columns=6, height=200, format="png")
+
+        def run(text, neg, prec, comp, n_steps, g, w, h, s, rand, count, request: gr.Request):
+            import secrets
+
+            from fp8pipe.service import difference_image, psnr
+
+            first_seed = secrets.randbelow(MAX_SEED + 1) if rand else s
+            images, all_stats = [], []
+            compare_update, diff_image = gr.update(visible=False), None
+            for i in range(int(count)):
+                this_seed = (int(first_seed) + i) % (MAX_SEED + 1) if first_seed is not None else None
+                fields = dict(negative_prompt=neg, steps=n_steps, guidance=g, width=w, height=h, seed=this_seed)
+                variants = ["fp8", "bf16"] if comp else [prec]
+                results = []
+                for variant in variants:
+                    paths, result = _final(app, _run(app, text, precision=variant, request=request, **fields))
+                    images.append((str(paths[0]), f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s"))
+                    results.append(result)
+                    all_stats.append(_stats(result))
+                if comp:
+                    diff_image, mean = difference_image(results[0].image, results[1].image)
+                    all_stats.append({"compare": {"mean_abs_diff": round(mean, 3), "psnr_db": round(psnr(results[0].image, results[1].image), 2)}})
+                    compare_update = gr.update(visible=True)
+            return images, all_stats, list(app.recent), compare_update, diff_image
+
+        go.click(
+            run,
+            [prompt, negative, precision, compare, steps, guidance, width, height, seed, randomize, batch],
+            [gallery, stats, history, compare_row, diff],
+            api_visibility="private",
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=1,
+        )
+
+        def read_parameters(image):
+            if image is None or "parameters" not in getattr(image, "info", {}):
+                return [gr.update()] * 7
+            p = parse_parameters(image.info["parameters"])
+            size = p.get("Size", "x").split("x")
+
+            def number(key, cast):
+                try:
+                    return cast(p[key])
+                except (KeyError, ValueError):
+                    return gr.update()
+
+            return (
+                p.get("prompt", gr.update()),
+                p.get("negative_prompt", ""),
+                number("Steps", int),
+                number("CFG scale", float),
+                number("Seed", int),
+                int(size[0]) if size[0].isdigit() else gr.update(),
+                int(size[1]) if len(size) > 1 and size[1].isdigit() else gr.update(),
+            )
+
+        dropped.upload(read_parameters, dropped, [prompt, negative, steps, guidance, seed, width, height], api_visibility="private")
+        _add_api(app, gr)
+    return demo
+
+
+def _add_api(app: App, gr) -> None:
+    """Named endpoints for gradio_client: /generate (and /describe)."""
+    defaults = app.preset.defaults_for(app.spec)
+    with gr.Row(visible=False):
+        a_prompt = gr.Textbox(label="prompt")
+        a_negative = gr.Textbox(label="negative_prompt", value=defaults["negative_prompt"])
+        a_seed = gr.Number(label="seed", value=None, precision=None)
+        a_steps = gr.Number(label="steps", value=defaults["steps"], precision=None)
+        a_guidance = gr.Number(label="guidance", value=defaults["guidance"])
+        a_width = gr.Number(label="width", value=defaults["width"], precision=None)
+        a_height = gr.Number(label="height", value=defaults["height"], precision=None)
+        a_image = gr.Image(label="image", type="filepath", format="png")
+        a_stats = gr.JSON(label="stats")
+        a_button = gr.Button(visible=False)
+        a_info = gr.JSON(label="engine")
+        b_button = gr.Button(visible=False)
+    fn = api_generate(app)
+
+    def generate(prompt, negative_prompt, seed, steps, guidance, width, height, request: gr.Request):
+        return fn(prompt, negative_prompt, seed, steps, guidance, width, height, request=request)
+
+    a_button.click(
+        generate,
+        [a_prompt, a_negative, a_seed, a_steps, a_guidance, a_width, a_height],
+        [a_image, a_stats],
+        api_name="generate",
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=1,
+    )
+
+    def describe():
+        return {"model": app.model, "preset": app.preset.name, "kiosk": app.kiosk, "engine": app.engine.describe()}
+
+    b_button.click(describe, None, a_info, api_name="describe", queue=False)
+
+
+# ---- start-up ---------------------------------------------------------------------------
+
+
+def create_app(args) -> tuple[object, App]:
+    """The Blocks and its App, with the engine started and warm."""
+    import gradio as gr
+
+    from fp8pipe.engine import Engine
+    from fp8pipe.presets import load_preset
+    from fp8pipe.service import RateLimiter
+
+    preset = load_preset(args.preset or ("kiosk-8gb" if args.kiosk and args.model not in (None, "demo") else "cpu-demo"))
+    model = args.model or preset.model
+    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup)
+    engine.start(models=[(model, preset.precision)])
+    spec = engine.spec_for(model)
+    outputs = Path(tempfile.mkdtemp(prefix="fp8pipe-outputs-"))
+    app = App(
+        engine=engine,
+        preset=preset,
+        spec=spec,
+        model=model,
+        kiosk=args.kiosk,
+        limiter=RateLimiter(preset.rate_limit_requests, preset.rate_limit_seconds),
+        outputs=outputs,
+    )
+    demo = build_kiosk(app, gr) if args.kiosk else build_advanced(app, gr)
+    if spaces is not None:  # ZeroGPU: each event's function runs with a GPU attached
+        for dep in demo.fns.values():
+            dep.fn = spaces.GPU(duration=120)(dep.fn)
+    demo.queue(max_size=args.queue_size or preset.queue_size, default_concurrency_limit=1)
+    return demo, app
+
+
+def launch_kwargs(args, app: App) -> dict:
+    kwargs = dict(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=tuple(args.auth.split(":", 1)) if args.auth else None,
+        show_error=True,
+        footer_links=[] if args.kiosk else ["api", "gradio"],
+        run_history=not args.kiosk,  # a shared kiosk must not show one visitor's images to the next
+    )
+    if args.kiosk:
+        kwargs["css"] = KIOSK_CSS
+    return kwargs
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.share and not args.auth:
+        print(
+            "warning: --share without --auth makes this app public to anyone with the link for a week; "
+            "add --auth USER:PASS",
+            file=sys.stderr,
+        )
+    from fp8pipe.errors import ModelLoadError
+    from fp8pipe.presets import PresetError
+
+    try:
+        demo, app = create_app(args)
+    except (ModelLoadError, PresetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"fp8pipe ready: model {app.model}, preset {app.preset.name}, {'kiosk' if app.kiosk else 'advanced'} mode", file=sys.stderr)
+    demo.launch(**launch_kwargs(args, app))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What the web app asks of the engine, without any UI: preset limits and defaults applied
+server-side, the prompt filter, the per-session rate limit, streaming a job's progress, and
+saving results as PNGs that keep their `parameters` chunk.
+
+`app.py` turns these into Gradio events; nothing here imports Gradio.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .presets import Preset
+from .requests import GenerationRequest
+from .safety import FRIENDLY_MESSAGE, blocked_words
+from .specs import ModelSpec
+
+
+class Refused(ValueError):
+    """A request the app will not run (filtered prompt, rate limit); the message is for the visitor."""
+
+
+@dataclass
+class RateLimiter:
+    """At most `requests` per `per_seconds` for each key (a browser session), a rolling window."""
+
+    requests: int
+    per_seconds: float
+    _seen: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, key: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            window = self._seen.setdefault(key, deque())
+            while window and now - window[0] >= self.per_seconds:
+                window.popleft()
+            if len(window) >= self.requests:
+                wait = self.per_seconds - (now - window[0])
+                raise Refused(f"Too many requests: at most {self.requests} every {self.per_seconds:g} s. Try again in {wait:.0f} s.")
+            window.append(now)
+            if len(self._seen) > 10_000:  # forget idle sessions so a long-running kiosk stays bounded
+                for stale in [k for k, w in self._seen.items() if not w or now - w[-1] >= self.per_seconds]:
+                    del self._seen[stale]
+
+
+def build_request(preset: Preset, spec: ModelSpec, prompt, style: str | None = None, **fields) -> GenerationRequest:
+    """A request within the preset's limits; fields left out (None) take the preset's defaults.
+
+    The prompt filter runs on the prompt as typed and with the style's suffix.
+    """
+    if isinstance(prompt, str) and preset.filter_words and blocked_words(prompt, preset.filter_words):
+        raise Refused(FRIENDLY_MESSAGE)
+    suffix = next((s.suffix for s in preset.styles if s.name == style), "")
+    defaults = preset.defaults_for(spec)
+    merged = {k: (defaults[k] if fields.get(k) is None and k in defaults else fields.get(k)) for k in {*defaults, *fields}}
+    text = prompt + suffix if isinstance(prompt, str) and prompt.strip() else prompt
+    return GenerationRequest.create(spec, prompt=text, limits=preset.limits_for(spec), **merged)
+
+
+def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool) -> Iterator:
+    """Submit `request` and yield each Progress, then the Result. Closing the generator early
+    (a client that went away) cancels the job, so it never blocks the queue."""
+    updates: queue.Queue = queue.Queue()
+    job = engine.submit(request, model=model, precision=precision, on_progress=updates.put, preview=preview)
+    try:
+        while not job.done():
+            try:
+                yield updates.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        yield job.result()
+    finally:
+        if not job.done():
+            job.cancel()
+
+
+def save_png(result, folder: Path) -> list[Path]:
+    """Every image of a result as a PNG with its parameters chunk; returns the paths."""
+    from .metadata import png_info
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image in getattr(result, "images", None) or [result.image]:
+        path = folder / f"{uuid.uuid4().hex}.png"
+        image.save(path, format="PNG", pnginfo=png_info(result.parameters))
+        paths.append(path)
+    return paths
+
+
+def difference_image(a, b, gain: float = 4.0):
+    """|a - b| per pixel, amplified so small FP8 differences are visible; and its mean in 0..255."""
+    import numpy as np
+    from PIL import Image
+
+    x, y = np.asarray(a.convert("RGB"), dtype=np.float32), np.asarray(b.convert("RGB"), dtype=np.float32)
+    diff = np.abs(x - y)
+    return Image.fromarray(np.clip(diff * gain, 0, 255).astype(np.uint8)), float(diff.mean())
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a.convert("RGB"), dtype=np.float64), np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = float(((x - y) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
