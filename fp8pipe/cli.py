@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--base", default=None)
     q.set_defaults(func=cmd_quantize)
+
+    from .memory import add_plan_command
+
+    add_plan_command(sub)
     return parser
 
 
