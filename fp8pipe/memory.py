@@ -324,9 +324,12 @@ def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Work
     # the host at 16-bit, one at a time: the largest of them is the load transient.
     load_transient = 0 if placement != "resident" else max(clip, sizes.t5_16bit if t5 in ("16bit", "fp8") else 0, sizes.vae)
     host = HOST_RUNTIME_BYTES + host_weights + _t5_host_bytes(sizes, t5) + load_transient
+    # What stays on the GPU between requests (the pool's bill): offload hooks put the rest back.
+    between = {"resident": everything_gpu, "group_offload": clip + t5_gpu + sizes.vae + transformer_rest}.get(placement, 0)
     return {
         "vram": vram,
         "host": host,
+        "vram_between_requests": between,
         "weights_on_gpu": everything_gpu,
         "denoise_activations": denoise,
         "vae_decode": decode,
@@ -487,7 +490,7 @@ def planner_table(precision: str = "fp8", host_gib: int = TABLE_HOST_GIB) -> lis
         spec = SPECS[name]
         for px in TABLE_SIZES:
             for gib in TABLE_BUDGETS_GIB:
-                plans.append(plan_placement(spec, gib * GiB, host_gib * GiB, Workload(px, px, 1, spec.guidance > 0), precision))
+                plans.append(plan_placement(spec, gib * GiB, host_gib * GiB, Workload(px, px, 1, spec.guidance > 1.0), precision))
     return plans
 
 
@@ -557,7 +560,7 @@ def cmd_plan(args) -> int:
     if vram is None:
         raise RequestError("vram", "no GPU here to measure: pass a budget such as --vram 8GiB")
     host = parse_size(args.ram) if args.ram else host_ram_bytes()
-    work = Workload(request.width, request.height, request.batch, request.guidance > 0)
+    work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)  # the pipeline guides above 1
     plan = plan_placement(spec, vram, host, work, args.precision, choose_attention("cuda", 16))
     if args.json:
         print(json.dumps(plan.as_dict()))
@@ -576,3 +579,86 @@ def cmd_plan(args) -> int:
         )
     )
     return 0 if plan.fits else 1
+
+
+# ---- applying a plan ------------------------------------------------------------------------
+
+
+def load_options_for(plan: Plan, device: str, fp8_path: str = "auto"):
+    """The LoadOptions that build `plan`: offload placements keep weights on the host."""
+    from .loader import LoadOptions
+
+    on_gpu = device.startswith("cuda")
+    storage = "cpu" if on_gpu and plan.placement != "resident" else None
+    return LoadOptions(precision=plan.precision, t5=plan.t5, fp8_path=fp8_path, device=device, storage=storage)
+
+
+def apply_plan(loaded, plan: Plan) -> dict:
+    """Install `plan`'s offload hooks, VAE tiling and attention backend on a freshly loaded
+    pipeline (loaded with `load_options_for(plan, ...)`); returns what was applied.
+
+    Only diffusers' own hooks: they move FP8Linear's E4M3 weight and float32 scale as
+    ordinary parameters, so nothing FP8-specific is needed here.
+    """
+    import torch
+
+    pipe, device = loaded.pipe, loaded.device
+    applied = {"placement": plan.placement if device.type == "cuda" else "resident"}
+    if device.type == "cuda" and plan.placement != "resident":
+        if loaded.options.t5 == "cpu" and pipe.text_encoder_3 is not None:
+            # T5 runs on the CPU (the loader's input hook): no hook may move it to the GPU.
+            pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder_3"]
+        if plan.placement == "model_offload":
+            pipe.enable_model_cpu_offload(device=device)
+        elif plan.placement == "group_offload":
+            for name in ("text_encoder", "text_encoder_2", "vae", "text_encoder_3"):
+                module = getattr(pipe, name, None)
+                if module is not None and name not in pipe._exclude_from_cpu_offload:
+                    module.to(device)  # dtypes were set by the loader; .to(device) keeps them
+            # One block per group; with streams the next group is copied while this one runs.
+            pipe.transformer.enable_group_offload(
+                onload_device=device,
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=True,
+                non_blocking=True,
+            )
+        elif plan.placement == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+    applied.update(apply_plan_tiling(loaded, plan))
+    applied["attention"] = apply_attention(pipe, plan.attention)
+    return applied
+
+
+def apply_plan_tiling(loaded, plan: Plan) -> dict:
+    """Turn VAE tiling on or off as `plan` says (safe to call again on a warm pipeline)."""
+    vae = loaded.pipe.vae
+    if not plan.vae_tiling:
+        vae.disable_tiling()
+        return {"vae_tiling": False}
+    vae.enable_tiling()
+    # SD3.5's VAE config says sample_size 1024, so its default tiles would never split a
+    # 1024 px decode: use smaller tiles.
+    vae.tile_sample_min_size = VAE_TILE_PIXELS
+    vae.tile_latent_min_size = VAE_TILE_PIXELS // loaded.spec.vae_scale_factor
+    vae.tile_overlap_factor = VAE_TILE_OVERLAP
+    return {"vae_tiling": True}
+
+
+def apply_attention(pipe, attention: str) -> str:
+    """Switch to xformers when asked and it loads; SDPA otherwise (the processors' default).
+
+    Attention slicing is not offered: diffusers' sliced processor does not implement SD3's
+    joint (image + text) attention, and SDPA's fused kernels already avoid the N x N matrix.
+    """
+    if attention == "xformers":
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+            return "xformers"
+        except Exception as e:  # a broken xformers build must not stop the engine
+            import logging
+
+            logging.getLogger(__name__).warning("xformers unavailable (%s); using SDPA", e)
+            return "sdpa"
+    return attention

@@ -18,7 +18,7 @@ HOST = 64 * GiB
 
 def _plan(model, px, gib, precision="fp8", host=HOST):
     spec = SPECS[model]
-    return plan_placement(spec, gib * GiB, host, Workload(px, px, 1, spec.guidance > 0), precision)
+    return plan_placement(spec, gib * GiB, host, Workload(px, px, 1, spec.guidance > 1.0), precision)
 
 
 @pytest.mark.parametrize("model", MODELS)
