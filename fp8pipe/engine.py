@@ -463,10 +463,14 @@ class Engine:
         sticky = self._plans.get((model, precision))
         if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
             return sticky or _unplanned(spec, precision, work, self.attention)
-        budget = self.vram_budget if self.device.type == "cuda" else self.host_budget
+        if self.device.type != "cuda":  # no VRAM to plan for: the fastest rung, or the sticky one
+            ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention)
+            plan = next(p for p in ladder if p.level >= (sticky.level if sticky else 0))
+            plan = replace(plan, reasons=("CPU device: every component in host RAM",))
+            self._plans[(model, precision)] = plan
+            return plan
+        budget = self.vram_budget
         plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention)
-        if self.device.type != "cuda":
-            plan = replace(plan, reasons=("CPU device: every component in host RAM", *plan.reasons))
         if sticky is not None and sticky.level > plan.level:
             # Stepped down after an out-of-memory: stay at least that low, at this request's size.
             ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention)

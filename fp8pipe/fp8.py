@@ -56,7 +56,9 @@ class FP8Policy:
 
 
 TRANSFORMER_POLICY = FP8Policy()
-T5_POLICY = FP8Policy(quantize=("encoder.block.*",), keep=())
+# transformers' T5 feed-forward casts its input to `wo.weight.dtype` before `wo`, so an FP8
+# `wo` would be handed FP8 activations (and fail): those layers stay 16-bit.
+T5_POLICY = FP8Policy(quantize=("encoder.block.*",), keep=("*.DenseReluDense.wo",))
 
 
 def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
