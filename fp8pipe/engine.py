@@ -88,7 +88,7 @@ def latent_preview(latents: torch.Tensor):
     factors = torch.tensor(SD3_LATENT_RGB_FACTORS, dtype=torch.float32)
     bias = torch.tensor(SD3_LATENT_RGB_BIAS, dtype=torch.float32)
     rgb = latents[0].detach().float().cpu().permute(1, 2, 0) @ factors + bias  # (h, w, 3) in about [-1, 1]
-    pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).to(torch.uint8).numpy()
+    pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     return Image.fromarray(pixels, mode="RGB")
 
 
