@@ -1,0 +1,46 @@
+"""diffusers' and accelerate's offload hooks carry FP8 layers (E4M3 weight + float32 scale)
+unchanged: the same seed gives the same image. On the CPU both devices are the CPU, so this
+checks the hooks' handling of FP8 parameters, not transfer speed or VRAM (no GPU here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fp8pipe.fp8 import FP8_DTYPE
+from fp8pipe.generation import generate
+from fp8pipe.loader import LoadOptions, load_model
+from fp8pipe.requests import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def reference():
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    request = GenerationRequest.create(loaded.spec, prompt="offload", seed=3, steps=2, width=64, height=64)
+    return request, np.asarray(generate(loaded, request).image)
+
+
+def test_block_group_offload_keeps_fp8_outputs_identical(reference):
+    request, expected = reference
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    cpu = torch.device("cpu")
+    loaded.pipe.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=1)
+    assert np.array_equal(np.asarray(generate(loaded, request).image), expected)
+
+
+def test_sequential_offload_keeps_fp8_weights_in_e4m3_and_outputs_identical(reference):
+    from accelerate import cpu_offload
+
+    request, expected = reference
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    cpu_offload(loaded.pipe.transformer, execution_device=torch.device("cpu"), offload_buffers=True)
+    weights = [p for n, p in loaded.pipe.transformer.named_parameters() if n.endswith("ff.net.0.proj.weight")]
+    assert weights and all(w.dtype == FP8_DTYPE for w in weights)
+    assert np.array_equal(np.asarray(generate(loaded, request).image), expected)
+
+
+def test_storage_option_builds_for_the_device_but_keeps_tensors_on_storage():
+    loaded = load_model("demo", LoadOptions(device="cpu", storage="cpu"))
+    assert {p.device.type for p in loaded.pipe.transformer.parameters()} == {"cpu"}
+    assert any(p.dtype == FP8_DTYPE for p in loaded.pipe.transformer.parameters())
