@@ -52,10 +52,11 @@ FP8_ACTIVATION_EXTRA_WIDTHS = 10
 # Latents, noise prediction, guidance halves and prompt embeddings across steps: a few widths.
 PERSISTENT_WIDTHS = 4
 
-# VAE decode at full resolution: the last up-blocks hold about this many 16-bit channels per
-# pixel at their peak (upsampled 256-channel input, its GroupNorm/SiLU copies and the
-# 128-channel resnet outputs of the final block).
-VAE_DECODE_CHANNELS = 1280
+# VAE decode at full resolution: the last up-blocks hold about this many channels per pixel
+# at their peak (upsampled 256-channel input, its GroupNorm/SiLU copies, the 128-channel
+# resnet outputs). Measured on the CPU at 256 and 512 px: about 840 (plus ~115 MiB fixed),
+# scripts/measure_vae_decode_peak.py; rounded up for the CUDA allocator's fragmentation.
+VAE_DECODE_CHANNELS = 1024
 VAE_TILE_PIXELS = 512  # tile edge the engine sets when it turns VAE tiling on
 VAE_TILE_OVERLAP = 0.25
 
