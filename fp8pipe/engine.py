@@ -270,9 +270,17 @@ class Engine:
         for model, precision in models:
             spec = self.spec_for(model)
             request = GenerationRequest.create(spec, prompt=WARMUP_PROMPT, seed=0, **(request_fields or {}))
-            entry = self._entry(model, precision, request)
-            if self.warmup:
-                self._warm(entry, replace(request, steps=min(WARMUP_STEPS, request.steps)))
+            for attempt in (1, 2):
+                entry = None
+                try:
+                    entry = self._entry(model, precision, request)
+                    if self.warmup:
+                        self._warm(entry, replace(request, steps=min(WARMUP_STEPS, request.steps)))
+                    break
+                except torch.OutOfMemoryError as e:
+                    if attempt == 2:
+                        raise OutOfMemory(f"out of memory warming up {model} ({precision}) even after stepping down") from e
+                    self._step_down(model, precision, entry, "warmup", e)
         self._start_worker()
         self.ready.set()
         return self
@@ -378,21 +386,12 @@ class Engine:
                 images, timings = self._generate(entry, job, stage)
                 break
             except torch.OutOfMemoryError as e:
-                failed = self._plans.get((job.model, job.precision))
-                if entry is not None:
-                    self._evict(entry.key, "out of memory")  # never reuse a pipeline that failed mid-move
-                free_memory(self.device)
-                lower = memory.next_plan(failed, self.spec_for(job.model)) if failed is not None else None
-                if attempt == 2 or lower is None:
+                if attempt == 2:
                     raise OutOfMemory(
-                        f"out of memory in {stage['name']} on plan {failed.placement if failed else '?'}"
-                        + (f" after stepping down from {stats['fallback']['from']['placement']}" if stats["fallback"] else "")
-                        + "; try a smaller image, fewer images per batch, or a smaller --vram budget"
+                        f"out of memory in {stage['name']} again after stepping down from {stats['fallback']['from']['placement']} "
+                        f"to {stats['fallback']['to']['placement']}; try a smaller image or batch, or free GPU memory other programs hold"
                     ) from e
-                self._plans[(job.model, job.precision)] = lower
-                stats["fallback"] = {"stage": stage["name"], "from": _plan_summary(failed), "to": _plan_summary(lower), "error": str(e)[:200]}
-                self.events.append({"event": "step_down", "job": job.id, **stats["fallback"]})
-                log.warning("out of memory in %s: stepping down from %s to %s", stage["name"], failed.placement, lower.placement)
+                stats["fallback"] = self._step_down(job.model, job.precision, entry, stage["name"], e)
         loaded = entry.loaded
         peak, peak_kind = peak_memory_bytes(self.device)
         stats.update(_rounded(timings))
@@ -450,6 +449,25 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return images, timings
+
+    def _step_down(self, model: str, precision: str, entry: Entry | None, stage: str, error: BaseException) -> dict:
+        """After an out-of-memory: drop the pipeline whole, free memory, make the next rung
+        the plan for (model, precision). Returns the report; raises OutOfMemory at the bottom."""
+        failed = self._plans.get((model, precision))
+        if entry is not None:
+            self._evict(entry.key, "out of memory")  # never reuse a pipeline that failed mid-move
+        free_memory(self.device)
+        lower = memory.next_plan(failed, self.spec_for(model)) if failed is not None else None
+        if lower is None:
+            raise OutOfMemory(
+                f"out of memory in {stage} on the lowest plan ({failed.placement if failed else 'unplanned'}); "
+                "try a smaller image or batch, or free GPU memory other programs hold"
+            ) from error
+        self._plans[(model, precision)] = lower
+        report = {"stage": stage, "from": _plan_summary(failed), "to": _plan_summary(lower), "error": str(error)[:200]}
+        self.events.append({"event": "step_down", "model": model, "precision": precision, **report})
+        log.warning("out of memory in %s: stepping down from %s (T5 %s) to %s (T5 %s)", stage, failed.placement, failed.t5, lower.placement, lower.t5)
+        return report
 
     # ---- the pool ----
 

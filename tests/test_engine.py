@@ -134,7 +134,7 @@ def test_out_of_memory_twice_fails_the_job_with_a_clear_error_and_the_engine_ser
                 raise torch.OutOfMemoryError("injected by the test")
 
         eng.fault_hook = oom_in_decode
-        with pytest.raises(OutOfMemory, match="out of memory in decode"):
+        with pytest.raises(OutOfMemory, match="out of memory in decode again"):
             eng.submit(eng.request(prompt="oom twice", seed=11, **SMALL)).result()
         state["fail"] = False
         assert eng.submit(eng.request(prompt="recovered", seed=11, **SMALL)).result().image is not None
@@ -212,3 +212,21 @@ def test_t5_in_fp8_generates_an_image():
     assert loaded.dtypes["t5"] == "fp8"
     result = generate(loaded, GenerationRequest.create(loaded.spec, prompt="fp8 text encoder", seed=0, **SMALL))
     assert result.image.size == (64, 64)
+
+
+def test_out_of_memory_during_start_up_steps_down_and_the_engine_becomes_ready():
+    eng = Engine(device="cpu")
+    raised = []
+
+    def oom_once_at_load(stage):
+        if stage == "load" and not raised:
+            raised.append(stage)
+            raise torch.OutOfMemoryError("injected by the test")
+
+    eng.fault_hook = oom_once_at_load
+    with eng:
+        eng.start([("demo", "fp8")], request_fields=SMALL)
+        assert eng.ready.is_set()
+        steps = [e for e in eng.events if e["event"] == "step_down"]
+        assert len(steps) == 1 and steps[0]["stage"] == "warmup"
+        assert eng.describe()["pool"][0]["plan"]["level"] == steps[0]["to"]["level"]
