@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -409,6 +409,7 @@ class Engine:
                 "device": str(self.device),
                 "peak_memory_bytes": peak,
                 "peak_memory_kind": peak_kind,
+                "peak_vram_bytes": peak if self.device.type == "cuda" else None,
                 "plan": _plan_summary(entry.plan),
                 "attention": entry.applied.get("attention"),
                 "random_weights": loaded.random_weights,

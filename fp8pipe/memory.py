@@ -537,7 +537,6 @@ def add_plan_command(subparsers) -> None:
 
 def cmd_plan(args) -> int:
     import json
-    import sys
 
     from .requests import GenerationRequest, RequestError
     from .specs import find_spec
