@@ -239,6 +239,7 @@ class Engine:
         compile: bool = False,
         fp8_path: str = "auto",
         loader: Callable[..., LoadedModel] = load_model,
+        t5: str = "auto",
     ):
         self.device = resolve_device(device)
         if vram_budget is not None:
@@ -247,6 +248,7 @@ class Engine:
             self.vram_budget = memory.free_vram_bytes(str(self.device)) if self.device.type == "cuda" else 0
         self.host_budget = memory.parse_size(host_budget) if host_budget is not None else memory.host_ram_bytes()
         self.warmup, self.compile, self.fp8_path = warmup, compile, fp8_path
+        self.t5_policy = t5  # "auto": the planner steps T5 down; or hold it to one mode ("drop" for speed)
         self.loader = loader
         self.attention = memory.choose_attention(str(self.device))
         # Test hook: called with the stage name ("load", "encode", "denoise", "decode") as each
@@ -483,16 +485,16 @@ class Engine:
         if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
             return sticky or _unplanned(spec, precision, work, self.attention)
         if self.device.type != "cuda":  # no VRAM to plan for: the fastest rung, or the sticky one
-            ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention)
+            ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention, self.t5_policy)
             plan = next(p for p in ladder if p.level >= (sticky.level if sticky else 0))
             plan = replace(plan, reasons=("CPU device: every component in host RAM",))
             self._plans[(model, precision)] = plan
             return plan
         budget = self.vram_budget
-        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention)
+        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, self.t5_policy)
         if sticky is not None and sticky.level > plan.level:
             # Stepped down after an out-of-memory: stay at least that low, at this request's size.
-            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention)
+            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, self.t5_policy)
             plan = next((p for p in ladder if p.level >= sticky.level and p.fits), ladder[-1])
             plan = replace(plan, reasons=(f"kept at or below {sticky.placement} (T5 {sticky.t5}) after an out-of-memory", *plan.reasons))
         self._plans[(model, precision)] = plan

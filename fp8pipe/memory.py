@@ -269,18 +269,14 @@ class Plan:
     batch: int
     guidance: bool
     fits: bool
+    level: int = 0  # rung on the ladder it came from (0 = fastest); larger needs less VRAM
+    t5_policy: str = "auto"  # "auto" (the ladder picks) or the T5 mode every rung was held to
     reasons: tuple[str, ...] = field(default=())
     breakdown: dict = field(default_factory=dict)
-
-    @property
-    def level(self) -> int:
-        """Position on the ladder (0 = fastest); larger means less VRAM."""
-        return LADDER.index((self.placement, self.t5)) if (self.placement, self.t5) in LADDER else len(LADDER)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
-        d["level"] = self.level
         return d
 
 
@@ -360,13 +356,21 @@ def plan_ladder(
     work: Workload,
     precision: str = "fp8",
     attention: str = "sdpa",
+    t5_policy: str = "auto",
 ) -> list[Plan]:
-    """Every ladder rung as a Plan (fastest first), each with VAE tiling on only where needed."""
+    """Every ladder rung as a Plan (fastest first), each with VAE tiling on only where needed.
+
+    `t5_policy` "auto" lets the ladder step T5 down too; a T5 mode (e.g. "drop" for a kiosk
+    that cannot wait for T5 on the CPU) holds every rung to it.
+    """
     if precision not in ("fp8", "bf16", "fp16", "fp32"):
         raise ValueError(f"precision must be one of fp8, bf16, fp16, fp32; got {precision!r}")
+    if t5_policy != "auto" and t5_policy not in T5_PLACEMENTS:
+        raise ValueError(f"t5 must be auto or one of {', '.join(T5_PLACEMENTS)}; got {t5_policy!r}")
+    rungs = LADDER if t5_policy == "auto" else tuple((p, t5_policy) for p in PLACEMENTS)
     usable = int(vram_budget * (1 - SAFETY_FRACTION))
     plans = []
-    for placement, t5 in LADDER:
+    for level, (placement, t5) in enumerate(rungs):
         reasons = []
         tiled = False
         terms = predict(spec, precision, placement, t5, work, tiled, attention)
@@ -398,6 +402,8 @@ def plan_ladder(
                 batch=work.batch,
                 guidance=work.guidance,
                 fits=fits,
+                level=level,
+                t5_policy=t5_policy,
                 reasons=tuple(reasons),
                 breakdown=terms,
             )
@@ -412,12 +418,13 @@ def plan_placement(
     work: Workload,
     precision: str = "fp8",
     attention: str = "sdpa",
+    t5_policy: str = "auto",
 ) -> Plan:
     """The fastest plan whose predicted peaks fit the budgets (5% VRAM kept free), with why.
 
     When nothing fits, the last rung (sequential offload) comes back with fits=False.
     """
-    ladder = plan_ladder(spec, vram_budget, host_budget, work, precision, attention)
+    ladder = plan_ladder(spec, vram_budget, host_budget, work, precision, attention, t5_policy)
     for i, plan in enumerate(ladder):
         if plan.fits:
             return replace(plan, reasons=(*_why(ladder[:i], plan), *plan.reasons))
@@ -443,7 +450,7 @@ def _why(rejected: list[Plan], chosen: Plan) -> list[str]:
 def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None) -> Plan | None:
     """The first rung below `plan` (what an out-of-memory steps down to), or None at the bottom."""
     work = Workload(plan.width, plan.height, plan.batch, plan.guidance)
-    ladder = plan_ladder(spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention)
+    ladder = plan_ladder(spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention, plan.t5_policy)
     below = [p for p in ladder if p.level > plan.level]
     if not below:
         return None
@@ -526,6 +533,7 @@ def add_plan_command(subparsers) -> None:
     p.add_argument("--vram", default=None, help="VRAM budget, e.g. 8GiB, 8GB, 8G, 8192MiB (default: free memory of the GPU)")
     p.add_argument("--ram", default=None, help="host RAM budget (default: available RAM)")
     p.add_argument("--precision", default="fp8", choices=PRECISIONS, help="transformer precision (default fp8)")
+    p.add_argument("--t5", default="auto", choices=("auto", *T5_PLACEMENTS), help="hold T5 to one mode (default: the planner steps it down)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--batch", type=int, default=1)
@@ -561,7 +569,7 @@ def cmd_plan(args) -> int:
         raise RequestError("vram", "no GPU here to measure: pass a budget such as --vram 8GiB")
     host = parse_size(args.ram) if args.ram else host_ram_bytes()
     work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)  # the pipeline guides above 1
-    plan = plan_placement(spec, vram, host, work, args.precision, choose_attention("cuda", 16))
+    plan = plan_placement(spec, vram, host, work, args.precision, choose_attention("cuda", 16), args.t5)
     if args.json:
         print(json.dumps(plan.as_dict()))
         return 0

@@ -132,3 +132,17 @@ def test_planner_table_in_docs_is_what_the_cli_generates():
     path = Path(__file__).resolve().parents[1] / "docs" / "planner_table.md"
     expected = memory.table_markdown(memory.planner_table("fp8"), "python -m fp8pipe plan --table docs/planner_table.md --precision fp8")
     assert path.read_text() == expected
+
+
+def test_t5_held_to_drop_keeps_every_rung_without_t5():
+    spec = SPECS["sd3.5-large-turbo"]
+    ladder = memory.plan_ladder(spec, 8 * GiB, HOST, Workload(1024, 1024, 1, False), "fp8", "sdpa", "drop")
+    assert [p.placement for p in ladder] == list(PLACEMENTS)
+    assert {p.t5 for p in ladder} == {"drop"}
+    chosen = plan_placement(spec, 8 * GiB, HOST, Workload(1024, 1024, 1, False), "fp8", "sdpa", "drop")
+    assert chosen.fits and chosen.t5 == "drop"
+
+
+def test_levels_stay_ordered_when_host_ram_forces_t5_out():
+    plans = [_plan("sd3.5-large", 1024, gib, host=16 * GiB) for gib in BUDGETS_GIB]
+    assert [p.level for p in plans] == sorted(p.level for p in plans)
