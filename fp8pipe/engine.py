@@ -261,7 +261,8 @@ class Engine:
         self._plans: dict[tuple[str, str], Plan] = {}  # sticky after a step-down
         self._queue: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards submit/close
+        self._gpu = threading.Lock()  # one job, load or warm-up on the device at a time
         self._worker: threading.Thread | None = None
         self._closed = False
 
@@ -269,6 +270,13 @@ class Engine:
 
     def start(self, models=(("demo", "fp8"),), request_fields: dict | None = None) -> "Engine":
         """Load `models` [(model, precision)], warm each up, start the worker, then set `ready`."""
+        with self._gpu:
+            self._load_and_warm(models, request_fields)
+        self._start_worker()
+        self.ready.set()
+        return self
+
+    def _load_and_warm(self, models, request_fields: dict | None) -> None:
         for model, precision in models:
             spec = self.spec_for(model)
             request = GenerationRequest.create(spec, prompt=WARMUP_PROMPT, seed=0, **(request_fields or {}))
@@ -283,9 +291,6 @@ class Engine:
                     if attempt == 2:
                         raise OutOfMemory(f"out of memory warming up {model} ({precision}) even after stepping down") from e
                     self._step_down(model, precision, entry, "warmup", e)
-        self._start_worker()
-        self.ready.set()
-        return self
 
     def close(self, timeout: float | None = 30) -> None:
         """Finish the running job, fail the queued ones with EngineClosed, free the pool."""
@@ -369,7 +374,9 @@ class Engine:
             if not job.future.set_running_or_notify_cancel():
                 continue
             try:
-                job.future.set_result(self._run(job))
+                with self._gpu:
+                    result = self._run(job)
+                job.future.set_result(result)
             except BaseException as e:  # the worker must outlive any one job
                 job.future.set_exception(e)
 
