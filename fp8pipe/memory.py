@@ -613,15 +613,14 @@ def apply_plan(loaded, plan: Plan) -> dict:
     pipe, device = loaded.pipe, loaded.device
     applied = {"placement": plan.placement if device.type == "cuda" else "resident"}
     if device.type == "cuda" and plan.placement != "resident":
-        if loaded.options.t5 == "cpu" and pipe.text_encoder_3 is not None:
-            # T5 runs on the CPU (the loader's input hook): no hook may move it to the GPU.
-            pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder_3"]
+        if loaded.options.t5 == "cpu" and isinstance(pipe.text_encoder_3, torch.nn.Module):
+            keep_on_host(pipe, "text_encoder_3")
         if plan.placement == "model_offload":
             pipe.enable_model_cpu_offload(device=device)
         elif plan.placement == "group_offload":
             for name in ("text_encoder", "text_encoder_2", "vae", "text_encoder_3"):
                 module = getattr(pipe, name, None)
-                if module is not None and name not in pipe._exclude_from_cpu_offload:
+                if isinstance(module, torch.nn.Module):  # a HostModule (T5 on the CPU) stays
                     module.to(device)  # dtypes were set by the loader; .to(device) keeps them
             # One block per group; with streams the next group is copied while this one runs.
             pipe.transformer.enable_group_offload(
@@ -652,6 +651,39 @@ def apply_plan_tiling(loaded, plan: Plan) -> dict:
     vae.tile_latent_min_size = VAE_TILE_PIXELS // loaded.spec.vae_scale_factor
     vae.tile_overlap_factor = VAE_TILE_OVERLAP
     return {"vae_tiling": True}
+
+
+class HostModule:
+    """A CPU-resident encoder that offload hooks cannot see.
+
+    Written by hand because diffusers' offload moves every nn.Module component to the GPU:
+    `enable_model_cpu_offload` hooks each module in its sequence and sends the ones in
+    `_exclude_from_cpu_offload` to the GPU outright. A plain object is skipped by all three
+    offload methods; it runs the module on the CPU and the pipeline moves the output back.
+    """
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        move = lambda x: x.to("cpu") if isinstance(x, torch.Tensor) else x  # noqa: E731
+        return self.module(*(move(a) for a in args), **{k: move(v) for k, v in kwargs.items()})
+
+    @property
+    def dtype(self):
+        return self.module.dtype
+
+    @property
+    def device(self):
+        return self.module.device
+
+
+def keep_on_host(pipe, name: str) -> None:
+    """Replace component `name` by a HostModule (bypassing the pipeline's config bookkeeping,
+    which would try to record the wrapper's class for saving; the engine never saves)."""
+    object.__setattr__(pipe, name, HostModule(getattr(pipe, name)))
 
 
 def apply_attention(pipe, attention: str) -> str:

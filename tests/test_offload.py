@@ -44,3 +44,14 @@ def test_storage_option_builds_for_the_device_but_keeps_tensors_on_storage():
     loaded = load_model("demo", LoadOptions(device="cpu", storage="cpu"))
     assert {p.device.type for p in loaded.pipe.transformer.parameters()} == {"cpu"}
     assert any(p.dtype == FP8_DTYPE for p in loaded.pipe.transformer.parameters())
+
+
+def test_t5_kept_on_host_is_invisible_to_offload_and_gives_the_same_image(reference):
+    from fp8pipe.memory import HostModule, keep_on_host
+
+    request, expected = reference
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    keep_on_host(loaded.pipe, "text_encoder_3")
+    assert isinstance(loaded.pipe.components["text_encoder_3"], HostModule)
+    assert not isinstance(loaded.pipe.components["text_encoder_3"], torch.nn.Module)
+    assert np.array_equal(np.asarray(generate(loaded, request).image), expected)
