@@ -537,7 +537,7 @@ def add_plan_command(subparsers) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=None, help="0 turns classifier-free guidance off (halves the batch)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's; 1 or less runs one transformer pass per image instead of two")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--table", nargs="?", const="-", default=None, metavar="FILE", help="write the planner table (markdown) to FILE, or print it")
     p.set_defaults(func=cmd_plan)
