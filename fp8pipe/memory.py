@@ -51,12 +51,21 @@ DUAL_ATTENTION_EXTRA_WIDTHS = 4
 FP8_ACTIVATION_EXTRA_WIDTHS = 10
 # Latents, noise prediction, guidance halves and prompt embeddings across steps: a few widths.
 PERSISTENT_WIDTHS = 4
+# FP8 upcast path (GPUs before Ada): the largest layer's weight is dequantized to float32 and
+# then to the compute dtype right before its matmul: 4 + 2 bytes per weight, once at a time.
+# Counted on every FP8 plan (the planner does not know the card's path; scaled_mm needs none).
+FP8_UPCAST_BYTES_PER_WEIGHT = 6
+# Measured on the CPU, one Large block at 512 px (scripts/measure_block_activations.py):
+# float32 block 13.6 widths per token (the model says 14); FP8 paths add a fixed 0.2-0.3 GiB
+# of weight-sized transients, which FP8_UPCAST_BYTES_PER_WEIGHT covers.
 
 # VAE decode at full resolution: the last up-blocks hold about this many channels per pixel
 # at their peak (upsampled 256-channel input, its GroupNorm/SiLU copies, the 128-channel
-# resnet outputs). Measured on the CPU at 256 and 512 px: about 840 (plus ~115 MiB fixed),
-# scripts/measure_vae_decode_peak.py; rounded up for the CUDA allocator's fragmentation.
+# resnet outputs). Measured on the CPU in float32 at 256 and 512 px (315 and 961 MiB):
+# about 860 channels per pixel plus ~100 MiB fixed (scripts/measure_vae_decode_peak.py);
+# both rounded up for the CUDA allocator's fragmentation.
 VAE_DECODE_CHANNELS = 1024
+VAE_DECODE_FIXED_BYTES = 128 * MiB
 VAE_TILE_PIXELS = 512  # tile edge the engine sets when it turns VAE tiling on
 VAE_TILE_OVERLAP = 0.25
 
@@ -226,6 +235,8 @@ def denoise_activation_bytes(spec: ModelSpec, work: Workload, precision: str, at
         widths += FP8_ACTIVATION_EXTRA_WIDTHS
     value_bytes = 4 if precision == "fp32" else 2
     total = work.passes * tokens * width * widths * value_bytes
+    if precision == "fp8":
+        total += component_sizes(spec.name, precision).transformer_max_leaf * FP8_UPCAST_BYTES_PER_WEIGHT
     if attention == "sdpa-math":  # no fused kernel: the scores matrix of every head, plus its softmax
         total += work.passes * config["num_attention_heads"] * tokens * tokens * value_bytes * 2
     return total
@@ -238,7 +249,7 @@ def vae_decode_bytes(spec: ModelSpec, work: Workload, tiled: bool) -> int:
     scale = spec.vae_config["block_out_channels"][0] / 128  # channels relative to SD3.5's VAE
     per_image = int(edge_w * edge_h * VAE_DECODE_CHANNELS * scale * 2)
     output = work.width * work.height * 3 * 4  # the decoded image in float32, whole
-    return work.batch * (per_image + output)
+    return VAE_DECODE_FIXED_BYTES + work.batch * (per_image + output)
 
 
 def text_encode_bytes(spec: ModelSpec, work: Workload) -> int:
