@@ -39,4 +39,4 @@ peak = rss_and_peak()[1]
 print(px, "px: decode peak above baseline (fp32) MiB:", round((peak - before) / 2**20), "seconds", round(time.time() - t, 1))
 from fp8pipe.memory import VAE_DECODE_CHANNELS, VAE_DECODE_FIXED_BYTES  # noqa: E402
 
-print("model predicts fp32 MiB:", round((VAE_DECODE_FIXED_BYTES * 2 + px * px * (VAE_DECODE_CHANNELS + 3) * 4) / 2**20))
+print("model predicts fp32 MiB:", round((VAE_DECODE_FIXED_BYTES + px * px * (VAE_DECODE_CHANNELS + 3) * 4) / 2**20))
