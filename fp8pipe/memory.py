@@ -13,8 +13,11 @@ request's size. The engine applies a `Plan` with diffusers' own hooks:
 The ladder is ordered by the VRAM each placement needs, which is not the order of their
 names in the issue: group offload keeps two blocks resident, model offload the whole
 transformer, so group offload comes after model offload.
-T5 steps down on its own axis: 16-bit on the GPU, FP8 weight-only on the GPU, on the CPU,
-dropped (only when host RAM cannot hold it). VAE tiling switches on when a decode would not fit.
+T5 steps down on its own axis: 16-bit on the GPU, FP8 weight-only on the GPU, on the CPU
+(hidden from the offload hooks), dropped (only when host RAM cannot hold it, or when held to
+"drop"). VAE tiling switches on when a decode would not fit.
+Attention: PyTorch SDPA (flash / memory-efficient kernels, no N x N matrix) by default,
+xformers when importable; the choice is part of the plan and reported.
 """
 
 from __future__ import annotations
