@@ -77,6 +77,10 @@ class EngineClosed(RuntimeError):
     """The engine was closed before the job ran."""
 
 
+class QueueFull(RuntimeError):
+    """Too many jobs are waiting; the caller should ask the user to try again shortly."""
+
+
 class OutOfMemory(RuntimeError):
     """Out of memory even after stepping down; the message says what was tried."""
 
@@ -240,6 +244,7 @@ class Engine:
         fp8_path: str = "auto",
         loader: Callable[..., LoadedModel] = load_model,
         t5: str = "auto",
+        max_queue: int = 64,
     ):
         self.device = resolve_device(device)
         if vram_budget is not None:
@@ -259,6 +264,7 @@ class Engine:
         self.ready = threading.Event()
         self._pool: OrderedDict[PoolKey, Entry] = OrderedDict()  # least recently used first
         self._plans: dict[tuple[str, str], Plan] = {}  # sticky after a step-down
+        self.max_queue = max_queue  # waiting jobs beyond this are refused (a public Space must not pile up)
         self._queue: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # guards submit/close
@@ -341,6 +347,8 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise EngineClosed("the engine is closed")
+            if self._queue.qsize() >= self.max_queue:
+                raise QueueFull(f"{self._queue.qsize()} jobs are already waiting (at most {self.max_queue}); try again shortly")
             job = Job(next(self._ids), request, model, precision, on_progress, preview)
             self._start_worker()
             self._queue.put(job)

@@ -230,3 +230,24 @@ def test_out_of_memory_during_start_up_steps_down_and_the_engine_becomes_ready()
         steps = [e for e in eng.events if e["event"] == "step_down"]
         assert len(steps) == 1 and steps[0]["stage"] == "warmup"
         assert eng.describe()["pool"][0]["plan"]["level"] == steps[0]["to"]["level"]
+
+
+def test_a_full_queue_refuses_new_jobs_with_a_clear_error():
+    from fp8pipe.engine import QueueFull
+
+    with Engine(device="cpu", warmup=False, max_queue=2) as eng:
+        gate = threading.Event()
+        started = threading.Event()
+
+        def hold(progress):
+            started.set()
+            gate.wait(10)
+
+        blocker = eng.submit(eng.request(prompt="blocker", seed=1, **SMALL), on_progress=hold)
+        assert started.wait(60)
+        waiting = [eng.submit(eng.request(prompt="wait", seed=s, **SMALL)) for s in (2, 3)]
+        with pytest.raises(QueueFull, match="at most 2"):
+            eng.submit(eng.request(prompt="one too many", seed=4, **SMALL))
+        gate.set()
+        for job in [blocker, *waiting]:
+            assert job.result(timeout=120).image is not None
