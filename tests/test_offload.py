@@ -55,3 +55,23 @@ def test_t5_kept_on_host_is_invisible_to_offload_and_gives_the_same_image(refere
     assert isinstance(loaded.pipe.components["text_encoder_3"], HostModule)
     assert not isinstance(loaded.pipe.components["text_encoder_3"], torch.nn.Module)
     assert np.array_equal(np.asarray(generate(loaded, request).image), expected)
+
+
+def test_vae_tiling_from_a_plan_decodes_in_tiles_of_the_planned_size(monkeypatch, reference):
+    import dataclasses
+
+    from fp8pipe import memory
+
+    request, _ = reference
+    request = dataclasses.replace(request, width=128, height=128)
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    plain = np.asarray(generate(loaded, request).image)
+    monkeypatch.setattr(memory, "VAE_TILE_PIXELS", 64)  # the demo's images are smaller than real tiles
+    plan = memory.plan_placement(loaded.spec, 8 * memory.GiB, 8 * memory.GiB, memory.Workload(128, 128))
+    memory.apply_plan_tiling(loaded, dataclasses.replace(plan, vae_tiling=True))
+    calls = []
+    original = loaded.pipe.vae.tiled_decode
+    monkeypatch.setattr(loaded.pipe.vae, "tiled_decode", lambda *a, **k: calls.append(1) or original(*a, **k))
+    tiled = np.asarray(generate(loaded, request).image)
+    assert calls and tiled.shape == plain.shape
+    assert loaded.pipe.vae.tile_latent_min_size == 64 // loaded.spec.vae_scale_factor
