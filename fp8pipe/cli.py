@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="sd3.5-large")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_policy)
+
+    from .memory import add_plan_command
+
+    add_plan_command(sub)
     return parser
 
 

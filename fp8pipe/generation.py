@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ class Result:
     request: GenerationRequest
     parameters: str
     stats: dict
+    images: list = field(default_factory=list)  # every image of a batch; `image` is the first
 
     def save_png(self, path: str | Path) -> Path:
         path = Path(path)

@@ -50,6 +50,10 @@ class LoadOptions:
     fp8_path: str = "auto"
     device: str | None = None
     base: str | None = None
+    # Offload placements: build with `device`'s dtypes and FP8 path but keep every tensor on
+    # this device (the CPU); the engine's offload hooks move them. `pipe.to(dtype)` cannot do
+    # this afterwards: it would cast the E4M3 weights too (float8 counts as floating point).
+    storage: str | None = None
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -146,6 +150,7 @@ def build_transformer(
     device: torch.device,
     fp8_path: str = "upcast",
     policy: FP8Policy = TRANSFORMER_POLICY,
+    storage: torch.device | None = None,
 ) -> nn.Module:
     """An SD3 transformer at `precision` on `device`, filled from (name, tensor) pairs.
 
@@ -153,6 +158,7 @@ def build_transformer(
     `<layer>.scale` beside them (kept as they are, or dequantized for a 16-bit precision).
     """
     compute = transformer_compute_dtype(precision, device)
+    device, run_device = (storage or device), device  # tensors live on `storage` when given; dtypes follow `run_device`
     model = _empty_transformer(config)
     if precision == "fp8":
         swap_linears_to_fp8(model, policy, fp8_path, compute, quantize_weights=False)
@@ -185,7 +191,7 @@ def build_transformer(
             f"the transformer checkpoint is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}",
             fix="the file is truncated or of another architecture",
         )
-    if compute != component_dtype(device):
+    if compute != component_dtype(run_device):
         cast_io_to(model, compute)
     return model
 
@@ -341,16 +347,19 @@ def _pretrained_components(location: str, t5: str) -> dict:
     return pipe.components
 
 
-def _place_components(components: dict, device: torch.device, t5: str) -> None:
-    """Move CLIP, VAE and T5 to their device and dtype, applying the T5 policy, in place."""
+def _place_components(components: dict, device: torch.device, t5: str, storage: torch.device | None = None) -> None:
+    """Move CLIP, VAE and T5 to their device and dtype, applying the T5 policy, in place.
+
+    With `storage`, tensors stay there (the CPU, for offload placements) in `device`'s dtypes."""
     dtype = component_dtype(device)
+    run_device, device = device, storage or device
     for name in ("text_encoder", "text_encoder_2", "vae"):
         components[name] = components[name].to(device=device, dtype=dtype).eval()
     encoder = components.get("text_encoder_3")
     if t5 == "drop" or encoder is None:
         components["text_encoder_3"] = components["tokenizer_3"] = None
         return
-    if t5 == "cpu" and device.type != "cpu":
+    if t5 == "cpu" and run_device.type != "cpu":
         components["text_encoder_3"] = encoder.to("cpu", torch.bfloat16).eval()
         run_on_cpu_inputs(components["text_encoder_3"])
         return
@@ -417,8 +426,9 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         components.pop("transformer", None)
         tensors = ckpt.iter_safetensors(ckpt.safetensors_files(folder / "transformer"))
 
-    transformer = build_transformer(config, tensors, options.precision, device, path or "upcast", policy)
-    _place_components(components, device, options.t5)
+    storage = torch.device(options.storage) if options.storage else None
+    transformer = build_transformer(config, tensors, options.precision, device, path or "upcast", policy, storage=storage)
+    _place_components(components, device, options.t5, storage=storage)
     pipe = _pipeline_from({**components, "transformer": transformer})
     pipe.set_progress_bar_config(disable=True)
     report = fp8_report(transformer) if options.precision == "fp8" else None

@@ -17,6 +17,7 @@ MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 2000
+MAX_BATCH = 8
 
 
 class RequestError(ValueError):
@@ -37,6 +38,7 @@ class Limits:
     max_steps: int = MAX_STEPS
     max_guidance: float = MAX_GUIDANCE
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    max_batch: int = MAX_BATCH
 
     @classmethod
     def for_spec(cls, spec: ModelSpec) -> "Limits":
@@ -83,6 +85,7 @@ class GenerationRequest:
     seed: int
     width: int
     height: int
+    batch: int = 1
 
     @classmethod
     def create(
@@ -96,6 +99,7 @@ class GenerationRequest:
         width=None,
         height=None,
         limits: Limits | None = None,
+        batch=None,
     ) -> "GenerationRequest":
         """A validated request; missing settings take the model's recommended defaults."""
         limits = limits or Limits.for_spec(spec)
@@ -123,4 +127,5 @@ class GenerationRequest:
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else _integer("seed", seed, 0, MAX_SEED),
             width=sizes[0],
             height=sizes[1],
+            batch=_integer("batch", 1 if batch is None else batch, 1, limits.max_batch),
         )

@@ -1,0 +1,612 @@
+"""The warm engine: a pool of loaded pipelines and one worker that runs requests in order.
+
+- Start-up loads the named pipelines and runs one uncounted warm-up generation each (and
+  `torch.compile`, when asked) before `ready` is set.
+- The pool is keyed by (model, precision, placement, T5 placement), bounded by the VRAM and
+  host RAM budgets the planner predicts; the least recently used pipeline leaves first.
+- One GPU job at a time, in arrival order: a single worker thread reads a FIFO queue;
+  `submit()` returns a `Job` at once (a Future with cancel and progress).
+- Every step calls back with the step number and, when asked, a cheap preview: a fixed
+  linear map from the 16 latent channels to RGB.
+- Cancel takes effect between steps (diffusers' `pipe._interrupt`: the remaining steps are
+  skipped and the decode never runs).
+- Out of memory: the pipeline that failed is dropped whole (never reused half-moved), memory
+  is freed, the plan steps down one rung, and the request is retried once; the step-down
+  sticks for later requests and is reported in the stats.
+
+The engine is the only object with state here; the work itself is plain functions.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+
+import torch
+
+from . import memory
+from .generation import Result, parameters_text, peak_memory_bytes
+from .loader import LoadedModel, load_model, resolve_device
+from .memory import Plan, Workload
+from .requests import GenerationRequest
+from .specs import SPECS, ModelSpec, find_spec
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "encode", "denoise", "decode")
+WARMUP_STEPS = 2
+WARMUP_PROMPT = "a warm-up image"
+
+# Latent -> RGB for previews: SD3's 16 latent channels to RGB, the published factors of
+# ComfyUI (comfy/latent_formats.py, class SD3: latent_rgb_factors and _bias), fitted for
+# latents in the diffusion model's (scaled, shifted) space, which is what the pipeline steps.
+SD3_LATENT_RGB_FACTORS = (
+    (-0.0922, -0.0175, 0.0749),
+    (0.0311, 0.0633, 0.0954),
+    (0.1994, 0.0927, 0.0458),
+    (0.0856, 0.0339, 0.0902),
+    (0.0587, 0.0272, -0.0496),
+    (-0.0006, 0.1104, 0.0309),
+    (0.0978, 0.0306, 0.0427),
+    (-0.0042, 0.1038, 0.1358),
+    (-0.0194, 0.0020, 0.0669),
+    (-0.0488, 0.0130, -0.0268),
+    (0.0922, 0.0988, 0.0951),
+    (-0.0278, 0.0524, -0.0542),
+    (0.0332, 0.0456, 0.0895),
+    (-0.0069, -0.0030, -0.0810),
+    (-0.0596, -0.0465, -0.0293),
+    (-0.1448, -0.1463, -0.1189),
+)
+SD3_LATENT_RGB_BIAS = (0.2394, 0.2135, 0.1925)
+
+
+class Cancelled(Exception):
+    """The job was cancelled before it finished; no image was made."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed before the job ran."""
+
+
+class QueueFull(RuntimeError):
+    """Too many jobs are waiting; the caller should ask the user to try again shortly."""
+
+
+class OutOfMemory(RuntimeError):
+    """Out of memory even after stepping down; the message says what was tried."""
+
+
+def latent_preview(latents: torch.Tensor):
+    """A PIL preview of the first latent of a batch (1/8 of the image's size): one matmul."""
+    from PIL import Image
+
+    factors = torch.tensor(SD3_LATENT_RGB_FACTORS, dtype=torch.float32)
+    bias = torch.tensor(SD3_LATENT_RGB_BIAS, dtype=torch.float32)
+    rgb = latents[0].detach().float().cpu().permute(1, 2, 0) @ factors + bias  # (h, w, 3) in about [-1, 1]
+    pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return Image.fromarray(pixels, mode="RGB")
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps done, 1-based
+    total: int
+    preview: object = None  # PIL.Image.Image when previews were asked for
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    model: str
+    precision: str
+    placement: str
+    t5: str
+
+
+@dataclass
+class Entry:
+    """One warm pipeline in the pool and the plan it was built for."""
+
+    key: PoolKey
+    loaded: LoadedModel
+    plan: Plan
+    applied: dict
+    vram_bytes: int  # what it keeps on the GPU between requests
+    host_bytes: int
+    uses: int = 0
+
+
+class Job:
+    """One submitted request: a Future for its Result, its progress, and cancel()."""
+
+    def __init__(self, job_id: int, request: GenerationRequest, model: str, precision: str, on_progress, preview: bool):
+        self.id = job_id
+        self.request, self.model, self.precision = request, model, precision
+        self.on_progress: Callable[[Progress], None] | None = on_progress
+        self.preview = preview
+        self.future: Future = Future()
+        self.submitted = time.perf_counter()
+        self.step = 0
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next step boundary (or before starting); result() then raises Cancelled."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def result(self, timeout: float | None = None) -> Result:
+        return self.future.result(timeout)
+
+    def done(self) -> bool:
+        return self.future.done()
+
+
+def run_stages(loaded: LoadedModel, request: GenerationRequest, on_step=None, enter_stage=None) -> tuple[list, dict]:
+    """Encode, denoise, decode, each timed; returns (PIL images, seconds per stage).
+
+    The seed drives a CPU generator, as in `generation.generate`, so the images are the same.
+    `on_step(pipe, step, timestep, latents)` runs after each step and may set
+    `pipe._interrupt`; `enter_stage(name)` is called as each stage starts.
+    """
+    pipe, spec = loaded.pipe, loaded.spec
+    enter_stage = enter_stage or (lambda name: None)
+    timings = {}
+    guided = request.guidance > 1.0  # the pipeline's own rule for classifier-free guidance
+    with torch.inference_mode():
+        enter_stage("encode")
+        start = time.perf_counter()
+        embeds = pipe.encode_prompt(
+            prompt=request.prompt,
+            prompt_2=None,
+            prompt_3=None,
+            negative_prompt=request.negative_prompt or None,
+            do_classifier_free_guidance=guided,
+            device=pipe._execution_device,
+            num_images_per_prompt=request.batch,
+            max_sequence_length=spec.max_sequence_length,
+        )
+        timings["text_encode_s"] = time.perf_counter() - start
+
+        enter_stage("denoise")
+        start = time.perf_counter()
+
+        def callback(pipe_, i, t, kwargs):
+            if on_step is not None:
+                on_step(pipe_, i, t, kwargs["latents"])
+            return {}
+
+        latents = pipe(
+            prompt_embeds=embeds[0],
+            negative_prompt_embeds=embeds[1],
+            pooled_prompt_embeds=embeds[2],
+            negative_pooled_prompt_embeds=embeds[3],
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            width=request.width,
+            height=request.height,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            max_sequence_length=spec.max_sequence_length,
+            output_type="latent",
+            callback_on_step_end=callback,
+        ).images
+        timings["denoise_s"] = time.perf_counter() - start
+        if pipe.interrupt:
+            raise Cancelled("cancelled between steps")
+
+        enter_stage("decode")
+        start = time.perf_counter()
+        vae = pipe.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        images = pipe.image_processor.postprocess(decoded, output_type="pil")
+        pipe.maybe_free_model_hooks()
+        timings["decode_s"] = time.perf_counter() - start
+    return images, timings
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _rounded(timings: dict) -> dict:
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def _plan_summary(plan: Plan) -> dict:
+    keys = ("placement", "t5", "vae_tiling", "attention", "predicted_peak_vram_bytes", "predicted_peak_host_bytes", "fits", "level")
+    d = plan.as_dict()
+    return {k: d[k] for k in keys}
+
+
+class Engine:
+    """Warm pipelines, one worker, requests in arrival order. See the module docstring."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        vram_budget: int | str | None = None,
+        host_budget: int | str | None = None,
+        warmup: bool = True,
+        compile: bool = False,
+        fp8_path: str = "auto",
+        loader: Callable[..., LoadedModel] = load_model,
+        t5: str = "auto",
+        max_queue: int = 64,
+    ):
+        self.device = resolve_device(device)
+        if vram_budget is not None:
+            self.vram_budget = memory.parse_size(vram_budget)
+        else:
+            self.vram_budget = memory.free_vram_bytes(str(self.device)) if self.device.type == "cuda" else 0
+        self.host_budget = memory.parse_size(host_budget) if host_budget is not None else memory.host_ram_bytes()
+        self.warmup, self.compile, self.fp8_path = warmup, compile, fp8_path
+        self.t5_policy = t5  # "auto": the planner steps T5 down; or hold it to one mode ("drop" for speed)
+        self.loader = loader
+        self.attention = memory.choose_attention(str(self.device))
+        # Test hook: called with the stage name ("load", "encode", "denoise", "decode") as each
+        # stage starts; raising torch.OutOfMemoryError there exercises the fallback.
+        self.fault_hook: Callable[[str], None] | None = None
+        self.load_count = 0
+        self.events: list[dict] = []  # loads, evictions, step-downs, in order
+        self.ready = threading.Event()
+        self._pool: OrderedDict[PoolKey, Entry] = OrderedDict()  # least recently used first
+        self._plans: dict[tuple[str, str], Plan] = {}  # sticky after a step-down
+        self.max_queue = max_queue  # waiting jobs beyond this are refused (a public Space must not pile up)
+        self._queue: queue.Queue = queue.Queue()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards submit/close
+        self._gpu = threading.Lock()  # one job, load or warm-up on the device at a time
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    # ---- life cycle ----
+
+    def start(self, models=(("demo", "fp8"),), request_fields: dict | None = None) -> "Engine":
+        """Load `models` [(model, precision)], warm each up, start the worker, then set `ready`."""
+        with self._gpu:
+            self._load_and_warm(models, request_fields)
+        self._start_worker()
+        self.ready.set()
+        return self
+
+    def _load_and_warm(self, models, request_fields: dict | None) -> None:
+        for model, precision in models:
+            spec = self.spec_for(model)
+            request = GenerationRequest.create(spec, prompt=WARMUP_PROMPT, seed=0, **(request_fields or {}))
+            for attempt in (1, 2):
+                entry = None
+                try:
+                    entry = self._entry(model, precision, request)
+                    if self.warmup:
+                        self._warm(entry, replace(request, steps=min(WARMUP_STEPS, request.steps)))
+                    break
+                except torch.OutOfMemoryError as e:
+                    if attempt == 2:
+                        raise OutOfMemory(f"out of memory warming up {model} ({precision}) even after stepping down") from e
+                    self._step_down(model, precision, entry, "warmup", e)
+
+    def close(self, timeout: float | None = 30) -> None:
+        """Finish the running job, fail the queued ones with EngineClosed, free the pool."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and not job.future.done():
+                job.future.set_exception(EngineClosed("the engine was closed before this job ran"))
+        for key in list(self._pool):
+            self._evict(key, "closed")
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="fp8pipe-engine", daemon=True)
+            self._worker.start()
+
+    # ---- requests ----
+
+    def spec_for(self, model: str) -> ModelSpec:
+        """The spec that validates requests for `model` (a known family, or a loaded one's)."""
+        known = find_spec(model)
+        if known is not None:
+            return known
+        for entry in list(self._pool.values()):
+            if entry.key.model == model:
+                return entry.loaded.spec
+        return SPECS["sd3.5-medium"]  # until loaded: the widest limits of the SD3.5 family
+
+    def request(self, model: str = "demo", **fields) -> GenerationRequest:
+        """A validated GenerationRequest for `model` (fields as GenerationRequest.create takes)."""
+        return GenerationRequest.create(self.spec_for(model), **fields)
+
+    def submit(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False) -> Job:
+        """Queue `request`; returns its Job at once. Jobs run one at a time, first come first served."""
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            if self._queue.qsize() >= self.max_queue:
+                raise QueueFull(f"{self._queue.qsize()} jobs are already waiting (at most {self.max_queue}); try again shortly")
+            job = Job(next(self._ids), request, model, precision, on_progress, preview)
+            self._start_worker()
+            self._queue.put(job)
+        return job
+
+    def generate(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", **kwargs) -> Result:
+        return self.submit(request, model, precision, **kwargs).result()
+
+    def describe(self) -> dict:
+        return {
+            "device": str(self.device),
+            "vram_budget_bytes": self.vram_budget,
+            "host_budget_bytes": self.host_budget,
+            "attention": self.attention,
+            "ready": self.ready.is_set(),
+            "loads": self.load_count,
+            "queued": self._queue.qsize(),
+            "pool": [{**vars(e.key), "plan": _plan_summary(e.plan), "uses": e.uses} for e in list(self._pool.values())],
+        }
+
+    # ---- the worker ----
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancelled:
+                job.future.set_exception(Cancelled("cancelled before it started"))
+                continue
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                with self._gpu:
+                    result = self._run(job)
+                job.future.set_result(result)
+            except BaseException as e:  # the worker must outlive any one job
+                job.future.set_exception(e)
+
+    def _run(self, job: Job) -> Result:
+        started = time.perf_counter()
+        stats: dict = {"queue_wait_s": round(started - job.submitted, 4), "fallback": None}
+        stage = {"name": "load"}
+        for attempt in (1, 2):
+            entry = None
+            stage["name"] = "load"
+            try:
+                load_start = time.perf_counter()
+                entry, loaded_now = self._entry_for_job(job)
+                stats["load_s"] = round(time.perf_counter() - load_start, 4) if loaded_now else 0.0
+                stats["loaded"] = loaded_now
+                images, timings = self._generate(entry, job, stage)
+                break
+            except torch.OutOfMemoryError as e:
+                if attempt == 2:
+                    raise OutOfMemory(
+                        f"out of memory in {stage['name']} again after stepping down from {stats['fallback']['from']['placement']} "
+                        f"to {stats['fallback']['to']['placement']}; try a smaller image or batch, or free GPU memory other programs hold"
+                    ) from e
+                stats["fallback"] = self._step_down(job.model, job.precision, entry, stage["name"], e)
+        loaded = entry.loaded
+        peak, peak_kind = peak_memory_bytes(self.device)
+        stats.update(_rounded(timings))
+        stats.update(
+            {
+                "total_s": round(time.perf_counter() - started, 4),
+                "steps": job.request.steps,
+                "seed": job.request.seed,
+                "width": job.request.width,
+                "height": job.request.height,
+                "batch": job.request.batch,
+                "model": loaded.name,
+                "precision": loaded.options.precision,
+                "fp8_path": loaded.fp8_path,
+                "device": str(self.device),
+                "peak_memory_bytes": peak,
+                "peak_memory_kind": peak_kind,
+                "peak_vram_bytes": peak if self.device.type == "cuda" else None,
+                "plan": _plan_summary(entry.plan),
+                "attention": entry.applied.get("attention"),
+                "random_weights": loaded.random_weights,
+            }
+        )
+        return Result(image=images[0], request=job.request, parameters=parameters_text(loaded, job.request), stats=stats, images=images)
+
+    def _generate(self, entry: Entry, job: Job, stage: dict) -> tuple[list, dict]:
+        def enter(name: str) -> None:
+            stage["name"] = name
+            if job.cancelled:
+                raise Cancelled(f"cancelled before {name}")
+            if self.fault_hook is not None:
+                self.fault_hook(name)
+
+        def on_step(pipe, i, t, latents) -> None:
+            job.step = i + 1
+            if job.on_progress is not None:
+                try:
+                    job.on_progress(Progress(i + 1, job.request.steps, latent_preview(latents) if job.preview else None))
+                except Exception:  # a broken progress display must not fail the image
+                    log.exception("progress callback failed")
+            if job.cancelled:
+                pipe._interrupt = True  # diffusers skips the remaining steps
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        entry.uses += 1
+        try:
+            images, timings = run_stages(entry.loaded, job.request, on_step, enter)
+        except (Cancelled, torch.OutOfMemoryError):
+            raise
+        except Exception:
+            # Unknown failure mid-run: offload hooks may hold components on the GPU; drop it.
+            self._evict(entry.key, "failed")
+            raise
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return images, timings
+
+    def _step_down(self, model: str, precision: str, entry: Entry | None, stage: str, error: BaseException) -> dict:
+        """After an out-of-memory: drop the pipeline whole, free memory, make the next rung
+        the plan for (model, precision). Returns the report; raises OutOfMemory at the bottom."""
+        failed = self._plans.get((model, precision))
+        if entry is not None:
+            self._evict(entry.key, "out of memory")  # never reuse a pipeline that failed mid-move
+        free_memory(self.device)
+        lower = memory.next_plan(failed, self.spec_for(model)) if failed is not None else None
+        if lower is None:
+            raise OutOfMemory(
+                f"out of memory in {stage} on the lowest plan ({failed.placement if failed else 'unplanned'}); "
+                "try a smaller image or batch, or free GPU memory other programs hold"
+            ) from error
+        self._plans[(model, precision)] = lower
+        report = {"stage": stage, "from": _plan_summary(failed), "to": _plan_summary(lower), "error": str(error)[:200]}
+        self.events.append({"event": "step_down", "model": model, "precision": precision, **report})
+        log.warning("out of memory in %s: stepping down from %s (T5 %s) to %s (T5 %s)", stage, failed.placement, failed.t5, lower.placement, lower.t5)
+        return report
+
+    # ---- the pool ----
+
+    def _entry_for_job(self, job: Job) -> tuple[Entry, bool]:
+        loads = self.load_count
+        entry = self._entry(job.model, job.precision, job.request)
+        return entry, self.load_count > loads
+
+    def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest) -> Plan:
+        work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)
+        sticky = self._plans.get((model, precision))
+        if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
+            return sticky or _unplanned(spec, precision, work, self.attention)
+        if self.device.type != "cuda":  # no VRAM to plan for: the fastest rung, or the sticky one
+            ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention, self.t5_policy)
+            plan = next(p for p in ladder if p.level >= (sticky.level if sticky else 0))
+            plan = replace(plan, reasons=("CPU device: every component in host RAM",))
+            self._plans[(model, precision)] = plan
+            return plan
+        budget = self.vram_budget
+        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, self.t5_policy)
+        if sticky is not None and sticky.level > plan.level:
+            # Stepped down after an out-of-memory: stay at least that low, at this request's size.
+            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, self.t5_policy)
+            plan = next((p for p in ladder if p.level >= sticky.level and p.fits), ladder[-1])
+            plan = replace(plan, reasons=(f"kept at or below {sticky.placement} (T5 {sticky.t5}) after an out-of-memory", *plan.reasons))
+        self._plans[(model, precision)] = plan
+        return plan
+
+    def _entry(self, model: str, precision: str, request: GenerationRequest) -> Entry:
+        spec = self.spec_for(model)
+        plan = self._plan_for(model, precision, spec, request)
+        key = PoolKey(model, precision, plan.placement, plan.t5)
+        entry = self._pool.get(key)
+        if entry is not None and entry.plan.vae_tiling == plan.vae_tiling:
+            self._pool.move_to_end(key)
+            return entry
+        if entry is not None:  # same placement, different tiling: adjust in place
+            entry.applied.update(memory.apply_plan_tiling(entry.loaded, plan))
+            entry.plan = plan
+            self._pool.move_to_end(key)
+            return entry
+        self._make_room(plan)
+        if self.fault_hook is not None:
+            self.fault_hook("load")
+        options = memory.load_options_for(plan, str(self.device), self.fp8_path)
+        loaded = self.loader(model, options)
+        self.load_count += 1
+        try:
+            applied = memory.apply_plan(loaded, plan)
+        except BaseException:
+            del loaded
+            free_memory(self.device)
+            raise
+        terms = plan.breakdown
+        on_gpu = self.device.type == "cuda"
+        entry = Entry(
+            key=key,
+            loaded=loaded,
+            plan=plan,
+            applied=applied,
+            vram_bytes=terms.get("vram_between_requests", 0) if on_gpu else 0,
+            host_bytes=terms.get("host_weights", 0) if on_gpu else terms.get("weights_on_gpu", 0),
+        )
+        if self.compile and on_gpu and plan.placement == "resident":
+            loaded.pipe.transformer.compile()
+            applied["compiled"] = True
+        self._pool[key] = entry
+        self.events.append({"event": "load", "key": vars(key), "plan": _plan_summary(plan), "load_s": round(loaded.load_seconds, 3)})
+        return entry
+
+    def _make_room(self, plan: Plan) -> None:
+        """Evict least recently used pipelines until `plan` fits beside the rest."""
+        on_gpu = self.device.type == "cuda"
+        need_vram = plan.predicted_peak_vram_bytes if on_gpu else 0
+        need_host = plan.breakdown.get("host_weights", 0) if on_gpu else plan.breakdown.get("weights_on_gpu", 0)
+        while self._pool:
+            vram = sum(e.vram_bytes for e in self._pool.values())
+            host = sum(e.host_bytes for e in self._pool.values())
+            if (not on_gpu or vram + need_vram <= self.vram_budget) and host + need_host <= self.host_budget:
+                return
+            self._evict(next(iter(self._pool)), "budget")
+
+    def _evict(self, key: PoolKey, why: str) -> None:
+        entry = self._pool.pop(key, None)
+        if entry is None:
+            return
+        self.events.append({"event": "evict", "key": vars(key), "why": why})
+        pipe = entry.loaded.pipe
+        try:
+            pipe.remove_all_hooks()
+        except Exception:  # hooks are gone with the pipeline anyway
+            pass
+        del entry, pipe
+        free_memory(self.device)
+
+    def _warm(self, entry: Entry, request: GenerationRequest) -> None:
+        """One uncounted generation, so the first visitor does not pay for lazy initialisation
+        (kernel selection, allocator growth, compile)."""
+        start = time.perf_counter()
+        run_stages(entry.loaded, request)
+        entry.applied["warmup_s"] = round(time.perf_counter() - start, 3)
+        self.events.append({"event": "warmup", "key": vars(entry.key), "seconds": entry.applied["warmup_s"]})
+
+
+def _unplanned(spec: ModelSpec, precision: str, work: Workload, attention: str) -> Plan:
+    return Plan(
+        model=spec.name,
+        precision=precision,
+        placement="resident",
+        t5="16bit",
+        vae_tiling=False,
+        attention=attention,
+        predicted_peak_vram_bytes=0,
+        predicted_peak_host_bytes=0,
+        vram_budget_bytes=0,
+        host_budget_bytes=0,
+        width=work.width,
+        height=work.height,
+        batch=work.batch,
+        guidance=work.guidance,
+        fits=True,
+        reasons=(f"{spec.name}: not a known family, so not planned; everything resident",),
+    )
