@@ -28,6 +28,8 @@ SLIDESHOW_SECONDS = 5.0
 HISTORY_SIZE = 24
 GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
 
+import gradio as gr  # noqa: E402
+
 try:  # Hugging Face ZeroGPU; absent everywhere else
     import spaces  # type: ignore
 except ImportError:
@@ -78,8 +80,6 @@ def session_key(request) -> str:
 
 
 def _as_gradio_error(e: Exception):
-    import gradio as gr
-
     from fp8pipe.requests import RequestError
     from fp8pipe.service import Refused
 
@@ -148,7 +148,7 @@ footer, .footer {display: none !important}
 """
 
 
-def build_kiosk(app: App, gr):
+def build_kiosk(app: App):
     preset = app.preset
     styles = [s.name for s in preset.styles]
     with gr.Blocks(title="fp8pipe kiosk", fill_height=True, delete_cache=(600, 3600)) as demo:
@@ -228,14 +228,14 @@ def build_kiosk(app: App, gr):
             queue=False,
             show_progress="hidden",
         )
-        _add_api(app, gr)
+        _add_api(app)
     return demo
 
 
 # ---- advanced ----------------------------------------------------------------------------
 
 
-def build_advanced(app: App, gr):
+def build_advanced(app: App):
     from fp8pipe.metadata import parse_parameters
     from fp8pipe.requests import MAX_SEED
 
@@ -328,39 +328,43 @@ def build_advanced(app: App, gr):
             )
 
         dropped.upload(read_parameters, dropped, [prompt, negative, steps, guidance, seed, width, height], api_visibility="private")
-        _add_api(app, gr)
+        _add_api(app)
     return demo
 
 
-def _add_api(app: App, gr) -> None:
+def _add_api(app: App) -> None:
     """Named endpoints for gradio_client: /generate (and /describe)."""
-    defaults = app.preset.defaults_for(app.spec)
     with gr.Row(visible=False):
-        a_prompt = gr.Textbox(label="prompt")
-        a_negative = gr.Textbox(label="negative_prompt", value=defaults["negative_prompt"])
-        a_seed = gr.Number(label="seed", value=None, precision=None)
-        a_steps = gr.Number(label="steps", value=defaults["steps"], precision=None)
-        a_guidance = gr.Number(label="guidance", value=defaults["guidance"])
-        a_width = gr.Number(label="width", value=defaults["width"], precision=None)
-        a_height = gr.Number(label="height", value=defaults["height"], precision=None)
-        a_image = gr.Image(label="image", type="filepath", format="png")
-        a_stats = gr.JSON(label="stats")
-        a_button = gr.Button(visible=False)
+        # No initial values: a setting a client leaves out arrives as None and takes the
+        # preset's default on the server, where the preset's limits also hold.
+        inputs = [
+            gr.Textbox(label="prompt"),
+            gr.Textbox(label="negative_prompt", value=None),
+            gr.Number(label="seed", value=None, precision=None),
+            gr.Number(label="steps", value=None, precision=None),
+            gr.Number(label="guidance", value=None),
+            gr.Number(label="width", value=None, precision=None),
+            gr.Number(label="height", value=None, precision=None),
+        ]
+        outputs = [gr.Image(label="image", type="filepath", format="png"), gr.JSON(label="stats")]
+        a_button, b_button = gr.Button(visible=False), gr.Button(visible=False)
         a_info = gr.JSON(label="engine")
-        b_button = gr.Button(visible=False)
     fn = api_generate(app)
 
-    def generate(prompt, negative_prompt, seed, steps, guidance, width, height, request: gr.Request):
+    def generate(
+        prompt: str,
+        negative_prompt: str | None = None,
+        seed: float | None = None,
+        steps: float | None = None,
+        guidance: float | None = None,
+        width: float | None = None,
+        height: float | None = None,
+        request: gr.Request = None,
+    ):
+        """One image and its stats; left-out settings take the preset's defaults."""
         return fn(prompt, negative_prompt, seed, steps, guidance, width, height, request=request)
 
-    a_button.click(
-        generate,
-        [a_prompt, a_negative, a_seed, a_steps, a_guidance, a_width, a_height],
-        [a_image, a_stats],
-        api_name="generate",
-        concurrency_id=GPU_QUEUE,
-        concurrency_limit=1,
-    )
+    a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
     def describe():
         return {"model": app.model, "preset": app.preset.name, "kiosk": app.kiosk, "engine": app.engine.describe()}
@@ -373,8 +377,6 @@ def _add_api(app: App, gr) -> None:
 
 def create_app(args) -> tuple[object, App]:
     """The Blocks and its App, with the engine started and warm."""
-    import gradio as gr
-
     from fp8pipe.engine import Engine
     from fp8pipe.presets import load_preset
     from fp8pipe.service import RateLimiter
@@ -394,7 +396,7 @@ def create_app(args) -> tuple[object, App]:
         limiter=RateLimiter(preset.rate_limit_requests, preset.rate_limit_seconds),
         outputs=outputs,
     )
-    demo = build_kiosk(app, gr) if args.kiosk else build_advanced(app, gr)
+    demo = build_kiosk(app) if args.kiosk else build_advanced(app)
     if spaces is not None:  # ZeroGPU: each event's function runs with a GPU attached
         for dep in demo.fns.values():
             dep.fn = spaces.GPU(duration=120)(dep.fn)

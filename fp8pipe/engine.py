@@ -414,7 +414,7 @@ class Engine:
         stats.update(_rounded(timings))
         stats.update(
             {
-                "total_s": round(time.perf_counter() - started, 4),
+                "latency_s": round(time.perf_counter() - started, 4),  # load (if any) + encode + denoise + decode
                 "steps": job.request.steps,
                 "seed": job.request.seed,
                 "width": job.request.width,
