@@ -153,7 +153,8 @@ def build_kiosk(app: App):
     styles = [s.name for s in preset.styles]
     with gr.Blocks(title="fp8pipe kiosk", fill_height=True, delete_cache=(600, 3600)) as demo:
         last_active = gr.State(time.time)
-        slide = gr.State(0)
+        screen = gr.State("attract")  # or "main"
+        ticks = gr.State(0)
         with gr.Column(visible=True, elem_id="attract") as attract:
             gr.Markdown("# Type an idea. Get a picture.", elem_id="attract-title")
             slideshow = gr.Image(show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
@@ -174,9 +175,9 @@ def build_kiosk(app: App):
             status = gr.Markdown(elem_id="status")
 
         def begin():
-            return gr.update(visible=False), gr.update(visible=True), time.time()
+            return gr.update(visible=False), gr.update(visible=True), time.time(), "main"
 
-        start.click(begin, None, [attract, main, last_active], api_visibility="private", queue=False)
+        start.click(begin, None, [attract, main, last_active, screen], api_visibility="private", queue=False)
 
         def touch():
             return time.time()
@@ -211,19 +212,23 @@ def build_kiosk(app: App):
 
         timer = gr.Timer(IDLE_CHECK_SECONDS)
 
-        def tick(since, index, on_main):
-            """Idle for longer than the preset allows: back to the attract screen, prompt cleared."""
-            idle = time.time() - since > preset.idle_seconds
+        def tick(since, where, count):
+            """Idle for longer than the preset allows: back to the attract screen, prompt cleared;
+            on the attract screen, the slideshow moves on every SLIDESHOW_SECONDS."""
+            keep = gr.update()
+            if where == "main":
+                if time.time() - since <= preset.idle_seconds:
+                    return keep, keep, keep, keep, keep, keep, where, count
+                return gr.update(visible=True), gr.update(visible=False), "", None, "", keep, "attract", count
             pictures = list(app.recent)
-            picture = pictures[(index // int(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS)) % len(pictures)] if pictures else None
-            if idle:
-                return gr.update(visible=True), gr.update(visible=False), "", None, "", picture, index + 1
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), picture, index + 1
+            per_slide = max(1, round(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS))
+            picture = pictures[(count // per_slide) % len(pictures)] if pictures and count % per_slide == 0 else keep
+            return keep, keep, keep, keep, keep, picture, where, count + 1
 
         timer.tick(
             tick,
-            [last_active, slide, main],
-            [attract, main, prompt, image, status, slideshow, slide],
+            [last_active, screen, ticks],
+            [attract, main, prompt, image, status, slideshow, screen, ticks],
             api_visibility="private",
             queue=False,
             show_progress="hidden",

@@ -107,7 +107,10 @@ class GenerationRequest:
         sizes = []
         for field, value in (("width", width), ("height", height)):
             value = spec.resolution if value is None else value
-            value = _integer(field, value, limits.min_size, limits.max_size)
+            try:
+                value = _integer(field, value, limits.min_size, limits.max_size)
+            except RequestError:
+                raise RequestError(field, f"must be {size_range}; got {value!r}") from None
             if value % limits.size_multiple:
                 raise RequestError(field, f"must be {size_range}; got {value}")
             sizes.append(value)

@@ -98,3 +98,84 @@ def transformer_inputs(config: dict, seed: int = 0, text_tokens: int = 40) -> di
 def run_transformer(loaded, inputs: dict) -> torch.Tensor:
     with torch.inference_mode():
         return loaded.pipe.transformer(**inputs, return_dict=False)[0].float()
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+if str(ROOT) not in __import__("sys").path:
+    __import__("sys").path.insert(0, str(ROOT))  # app.py lives at the root
+
+KIOSK_TEST_PRESET = """
+name = "kiosk-test"
+description = "The kiosk preset of the tests: the demo model, tight limits."
+model = "demo"
+precision = "fp8"
+idle_seconds = 10
+queue_size = 1
+previews = true
+examples = ["a red circle", "a blue square"]
+filter_words = ["nude", "gore"]
+
+[defaults]
+steps = 2
+guidance = 4.5
+width = 64
+height = 64
+
+[limits]
+max_steps = 4
+max_size = 128
+
+[rate_limit]
+requests = 5
+per_seconds = 600
+
+[[styles]]
+name = "Plain"
+suffix = ""
+
+[[styles]]
+name = "Bright"
+suffix = ", bright colors"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(argv: list[str]):
+    """(url, demo, App) of app.py started in this process on a free port."""
+    import app as webapp
+
+    args = webapp.parse_args([*argv, "--port", str(free_port()), "--host", "127.0.0.1"])
+    demo, state = webapp.create_app(args)
+    kwargs = webapp.launch_kwargs(args, state)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    return url, demo, state
+
+
+@pytest.fixture(scope="session")
+def kiosk_preset_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("presets") / "kiosk-test.toml"
+    path.write_text(KIOSK_TEST_PRESET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kiosk_app(kiosk_preset_file):
+    url, demo, state = start_app(["--kiosk", "--preset", str(kiosk_preset_file)])
+    yield url, state
+    demo.close()
+    state.engine.close()
+
+
+@pytest.fixture(scope="module")
+def advanced_app():
+    url, demo, state = start_app([])
+    yield url, state
+    demo.close()
+    state.engine.close()

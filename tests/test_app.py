@@ -1,0 +1,107 @@
+"""app.py through gradio_client: the /generate API, its errors, kiosk limits, the queue."""
+
+import threading
+
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from fp8pipe.metadata import parse_parameters
+
+
+def test_generate_returns_a_png_with_parameters_and_stats_using_preset_defaults(advanced_app):
+    url, _ = advanced_app
+    image, stats = Client(url, verbose=False).predict(prompt="a red ball", seed=3, api_name="/generate")
+    png = Image.open(image)
+    assert png.format == "PNG" and png.size == (128, 128)  # cpu-demo's default size
+    params = parse_parameters(png.text["parameters"])
+    assert params["prompt"] == "a red ball" and params["Seed"] == "3" and params["Steps"] == "8"
+    assert stats["seed"] == 3 and stats["steps"] == 8 and stats["precision"] == "fp8" and "latency_s" in stats
+
+
+def test_the_same_seed_through_the_api_gives_the_same_image(advanced_app):
+    url, _ = advanced_app
+    client = Client(url, verbose=False)
+    a, _ = client.predict(prompt="a red ball", seed=11, steps=2, api_name="/generate")
+    b, _ = client.predict(prompt="a red ball", seed=11, steps=2, api_name="/generate")
+    assert Image.open(a).tobytes() == Image.open(b).tobytes()
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"prompt": ""}, "prompt: must not be empty"),
+        ({"width": 100}, "width: must be 64 to 256 in steps of 8; got 100"),
+        ({"steps": 0}, "steps: must be a whole number from 1 to 50"),
+        ({"guidance": -1}, "guidance: must be a number from 0 to 15.0"),
+        ({"seed": -5}, "seed: must be a whole number from 0 to 4294967295"),
+        ({"seed": 1.5}, "seed: must be a whole number"),
+    ],
+)
+def test_bad_inputs_come_back_as_errors_that_name_the_field(advanced_app, fields, message):
+    url, _ = advanced_app
+    with pytest.raises(Exception, match=message):
+        Client(url, verbose=False).predict(**{"prompt": "a red ball", **fields}, api_name="/generate")
+
+
+def test_the_server_keeps_serving_after_a_bad_request(advanced_app):
+    url, _ = advanced_app
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception):
+        client.predict(prompt="a red ball", width=7, api_name="/generate")
+    image, _ = client.predict(prompt="a red ball", steps=1, api_name="/generate")
+    assert Image.open(image).size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"steps": 10}, "steps: must be a whole number from 1 to 4"), ({"width": 256}, "width: must be 64 to 128")],
+)
+def test_a_kiosk_request_over_the_presets_limits_is_refused_at_the_api(kiosk_app, fields, message):
+    url, _ = kiosk_app
+    with pytest.raises(Exception, match=message):
+        Client(url, verbose=False).predict(prompt="a red ball", **fields, api_name="/generate")
+
+
+def test_the_kiosk_filter_refuses_a_listed_word_with_a_friendly_message(kiosk_app):
+    url, _ = kiosk_app
+    with pytest.raises(Exception, match="try a different idea"):
+        Client(url, verbose=False).predict(prompt="a N.U.D.E statue", api_name="/generate")
+
+
+def test_the_kiosk_rate_limit_holds_per_session(kiosk_app):
+    url, _ = kiosk_app
+    client = Client(url, verbose=False)
+    for seed in range(5):
+        client.predict(prompt="a dot", seed=seed, steps=1, api_name="/generate")
+    with pytest.raises(Exception, match="Too many requests: at most 5 every 600 s"):
+        client.predict(prompt="a dot", steps=1, api_name="/generate")
+    image, _ = Client(url, verbose=False).predict(prompt="a dot", steps=1, api_name="/generate")  # another visitor
+    assert image
+
+
+def test_a_full_queue_is_a_clear_error_and_queued_work_still_completes(kiosk_app):
+    url, state = kiosk_app
+    running, release = threading.Event(), threading.Event()
+
+    def hold(stage):
+        if stage == "denoise":
+            running.set()
+            release.wait(30)
+
+    state.engine.fault_hook = hold
+    try:
+        first = Client(url, verbose=False).submit(prompt="one", steps=1, api_name="/generate")
+        assert running.wait(30)
+        second = Client(url, verbose=False).submit(prompt="two", steps=1, api_name="/generate")
+        for _ in range(100):  # until the second job holds the one waiting place
+            if second.status().code.name in ("IN_QUEUE", "QUEUE_FULL"):
+                break
+            threading.Event().wait(0.1)
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            Client(url, verbose=False).predict(prompt="three", steps=1, api_name="/generate")
+    finally:
+        state.engine.fault_hook = None
+        release.set()
+    assert Image.open(first.result(timeout=60)[0]).size == (64, 64)
+    assert Image.open(second.result(timeout=60)[0]).size == (64, 64)
