@@ -1,0 +1,62 @@
+"""The kiosk and advanced pages in headless Debian chromium, driven by Playwright.
+
+Also writes the README's screenshots (docs/kiosk.png, docs/advanced.png).
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+    pytest.skip("Debian chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+# As root on a closed network: no sandbox, and no background connections to refuse.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browser, kiosk_app):
+    url, _ = kiosk_app
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    expect(page.locator("#attract")).to_be_visible(timeout=30_000)
+    page.locator("#start-button").click()
+    prompt = page.locator("#prompt textarea")
+    expect(prompt).to_be_visible()
+    prompt.fill("a red circle on a blue background")
+    page.locator("#generate-button").click()
+    expect(page.locator("#result-image img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "kiosk.png"))
+    # Nobody touches it: after idle_seconds (10 s in the test preset) it resets itself.
+    expect(page.locator("#attract")).to_be_visible(timeout=30_000)
+    expect(page.locator("#kiosk-main")).to_be_hidden()
+    page.locator("#start-button").click()
+    expect(page.locator("#prompt textarea")).to_have_value("")
+    page.close()
+
+
+def test_advanced_mode_generates_and_shows_stats(browser, advanced_app):
+    url, _ = advanced_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.locator("#prompt textarea").fill("a yellow star")
+    page.locator("#generate-button").click()
+    expect(page.locator("#result-gallery img").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("latency_s").first).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(DOCS / "advanced.png"), full_page=True)
+    page.close()
