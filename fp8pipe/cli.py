@@ -56,6 +56,7 @@ def cmd_generate(args) -> int:
         seed=args.seed,
         width=args.width,
         height=args.height,
+        shift=args.shift,
     )
     result = generate(loaded, request, progress=True)
     path = result.save_png(args.out)
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
+    g.add_argument("--shift", type=float, default=None, help="timestep shift of the flow-matching schedule (default: the model's, 3.0)")
     g.add_argument("--json", action="store_true", help="print the stats as one JSON object")
     _add_load_options(g)
     g.set_defaults(func=cmd_generate)

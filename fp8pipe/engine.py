@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import memory
-from .generation import Result, parameters_text, peak_memory_bytes
+from .generation import Cancelled, Result, parameters_text, peak_memory_bytes, run_stages
 from .loader import LoadedModel, load_model, resolve_device
 from .memory import Plan, Workload
 from .requests import GenerationRequest
@@ -67,10 +67,6 @@ SD3_LATENT_RGB_FACTORS = (
     (-0.1448, -0.1463, -0.1189),
 )
 SD3_LATENT_RGB_BIAS = (0.2394, 0.2135, 0.1925)
-
-
-class Cancelled(Exception):
-    """The job was cancelled before it finished; no image was made."""
 
 
 class EngineClosed(RuntimeError):
@@ -127,9 +123,9 @@ class Entry:
 class Job:
     """One submitted request: a Future for its Result, its progress, and cancel()."""
 
-    def __init__(self, job_id: int, request: GenerationRequest, model: str, precision: str, on_progress, preview: bool):
+    def __init__(self, job_id: int, request: GenerationRequest, model: str, precision: str, on_progress, preview: bool, t5: str | None = None):
         self.id = job_id
-        self.request, self.model, self.precision = request, model, precision
+        self.request, self.model, self.precision, self.t5 = request, model, precision, t5
         self.on_progress: Callable[[Progress], None] | None = on_progress
         self.preview = preview
         self.future: Future = Future()
@@ -150,69 +146,6 @@ class Job:
 
     def done(self) -> bool:
         return self.future.done()
-
-
-def run_stages(loaded: LoadedModel, request: GenerationRequest, on_step=None, enter_stage=None) -> tuple[list, dict]:
-    """Encode, denoise, decode, each timed; returns (PIL images, seconds per stage).
-
-    The seed drives a CPU generator, as in `generation.generate`, so the images are the same.
-    `on_step(pipe, step, timestep, latents)` runs after each step and may set
-    `pipe._interrupt`; `enter_stage(name)` is called as each stage starts.
-    """
-    pipe, spec = loaded.pipe, loaded.spec
-    enter_stage = enter_stage or (lambda name: None)
-    timings = {}
-    guided = request.guidance > 1.0  # the pipeline's own rule for classifier-free guidance
-    with torch.inference_mode():
-        enter_stage("encode")
-        start = time.perf_counter()
-        embeds = pipe.encode_prompt(
-            prompt=request.prompt,
-            prompt_2=None,
-            prompt_3=None,
-            negative_prompt=request.negative_prompt or None,
-            do_classifier_free_guidance=guided,
-            device=pipe._execution_device,
-            num_images_per_prompt=request.batch,
-            max_sequence_length=spec.max_sequence_length,
-        )
-        timings["text_encode_s"] = time.perf_counter() - start
-
-        enter_stage("denoise")
-        start = time.perf_counter()
-
-        def callback(pipe_, i, t, kwargs):
-            if on_step is not None:
-                on_step(pipe_, i, t, kwargs["latents"])
-            return {}
-
-        latents = pipe(
-            prompt_embeds=embeds[0],
-            negative_prompt_embeds=embeds[1],
-            pooled_prompt_embeds=embeds[2],
-            negative_pooled_prompt_embeds=embeds[3],
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
-            width=request.width,
-            height=request.height,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            max_sequence_length=spec.max_sequence_length,
-            output_type="latent",
-            callback_on_step_end=callback,
-        ).images
-        timings["denoise_s"] = time.perf_counter() - start
-        if pipe.interrupt:
-            raise Cancelled("cancelled between steps")
-
-        enter_stage("decode")
-        start = time.perf_counter()
-        vae = pipe.vae
-        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        images = pipe.image_processor.postprocess(decoded, output_type="pil")
-        pipe.maybe_free_model_hooks()
-        timings["decode_s"] = time.perf_counter() - start
-    return images, timings
 
 
 def free_memory(device: torch.device) -> None:
@@ -263,7 +196,7 @@ class Engine:
         self.events: list[dict] = []  # loads, evictions, step-downs, in order
         self.ready = threading.Event()
         self._pool: OrderedDict[PoolKey, Entry] = OrderedDict()  # least recently used first
-        self._plans: dict[tuple[str, str], Plan] = {}  # sticky after a step-down
+        self._plans: dict[tuple[str, str, str], Plan] = {}  # (model, precision, T5 policy): sticky after a step-down
         self.max_queue = max_queue  # waiting jobs beyond this are refused (a public Space must not pile up)
         self._queue: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
@@ -342,14 +275,18 @@ class Engine:
         """A validated GenerationRequest for `model` (fields as GenerationRequest.create takes)."""
         return GenerationRequest.create(self.spec_for(model), **fields)
 
-    def submit(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False) -> Job:
-        """Queue `request`; returns its Job at once. Jobs run one at a time, first come first served."""
+    def submit(
+        self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False, t5: str | None = None
+    ) -> Job:
+        """Queue `request`; returns its Job at once. Jobs run one at a time, first come first served.
+
+        `t5` holds T5 to one mode for this job (16bit, fp8, cpu, drop); None: the engine's policy."""
         with self._lock:
             if self._closed:
                 raise EngineClosed("the engine is closed")
             if self._queue.qsize() >= self.max_queue:
                 raise QueueFull(f"{self._queue.qsize()} jobs are already waiting (at most {self.max_queue}); try again shortly")
-            job = Job(next(self._ids), request, model, precision, on_progress, preview)
+            job = Job(next(self._ids), request, model, precision, on_progress, preview, t5)
             self._start_worker()
             self._queue.put(job)
         return job
@@ -408,7 +345,7 @@ class Engine:
                         f"out of memory in {stage['name']} again after stepping down from {stats['fallback']['from']['placement']} "
                         f"to {stats['fallback']['to']['placement']}; try a smaller image or batch, or free GPU memory other programs hold"
                     ) from e
-                stats["fallback"] = self._step_down(job.model, job.precision, entry, stage["name"], e)
+                stats["fallback"] = self._step_down(job.model, job.precision, entry, stage["name"], e, job.t5)
         loaded = entry.loaded
         peak, peak_kind = peak_memory_bytes(self.device)
         stats.update(_rounded(timings))
@@ -468,10 +405,10 @@ class Engine:
             torch.cuda.synchronize(self.device)
         return images, timings
 
-    def _step_down(self, model: str, precision: str, entry: Entry | None, stage: str, error: BaseException) -> dict:
+    def _step_down(self, model: str, precision: str, entry: Entry | None, stage: str, error: BaseException, t5: str | None = None) -> dict:
         """After an out-of-memory: drop the pipeline whole, free memory, make the next rung
         the plan for (model, precision). Returns the report; raises OutOfMemory at the bottom."""
-        failed = self._plans.get((model, precision))
+        failed = self._plans.get((model, precision, t5 or self.t5_policy))
         if entry is not None:
             self._evict(entry.key, "out of memory")  # never reuse a pipeline that failed mid-move
         free_memory(self.device)
@@ -481,7 +418,7 @@ class Engine:
                 f"out of memory in {stage} on the lowest plan ({failed.placement if failed else 'unplanned'}); "
                 "try a smaller image or batch, or free GPU memory other programs hold"
             ) from error
-        self._plans[(model, precision)] = lower
+        self._plans[(model, precision, t5 or self.t5_policy)] = lower
         report = {"stage": stage, "from": _plan_summary(failed), "to": _plan_summary(lower), "error": str(error)[:200]}
         self.events.append({"event": "step_down", "model": model, "precision": precision, **report})
         log.warning("out of memory in %s: stepping down from %s (T5 %s) to %s (T5 %s)", stage, failed.placement, failed.t5, lower.placement, lower.t5)
@@ -491,33 +428,34 @@ class Engine:
 
     def _entry_for_job(self, job: Job) -> tuple[Entry, bool]:
         loads = self.load_count
-        entry = self._entry(job.model, job.precision, job.request)
+        entry = self._entry(job.model, job.precision, job.request, job.t5)
         return entry, self.load_count > loads
 
-    def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest) -> Plan:
+    def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None = None) -> Plan:
         work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)
-        sticky = self._plans.get((model, precision))
+        t5 = t5 or self.t5_policy
+        sticky = self._plans.get((model, precision, t5))
         if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
             return sticky or _unplanned(spec, precision, work, self.attention)
         if self.device.type != "cuda":  # no VRAM to plan for: the fastest rung, or the sticky one
-            ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention, self.t5_policy)
+            ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention, t5)
             plan = next(p for p in ladder if p.level >= (sticky.level if sticky else 0))
             plan = replace(plan, reasons=("CPU device: every component in host RAM",))
-            self._plans[(model, precision)] = plan
+            self._plans[(model, precision, t5)] = plan
             return plan
         budget = self.vram_budget
-        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, self.t5_policy)
+        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, t5)
         if sticky is not None and sticky.level > plan.level:
             # Stepped down after an out-of-memory: stay at least that low, at this request's size.
-            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, self.t5_policy)
+            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, t5)
             plan = next((p for p in ladder if p.level >= sticky.level and p.fits), ladder[-1])
             plan = replace(plan, reasons=(f"kept at or below {sticky.placement} (T5 {sticky.t5}) after an out-of-memory", *plan.reasons))
-        self._plans[(model, precision)] = plan
+        self._plans[(model, precision, t5)] = plan
         return plan
 
-    def _entry(self, model: str, precision: str, request: GenerationRequest) -> Entry:
+    def _entry(self, model: str, precision: str, request: GenerationRequest, t5: str | None = None) -> Entry:
         spec = self.spec_for(model)
-        plan = self._plan_for(model, precision, spec, request)
+        plan = self._plan_for(model, precision, spec, request, t5)
         key = PoolKey(model, precision, plan.placement, plan.t5)
         entry = self._pool.get(key)
         if entry is not None and entry.plan.vae_tiling == plan.vae_tiling:

@@ -14,6 +14,10 @@ from .metadata import format_parameters, png_info
 from .requests import GenerationRequest
 
 
+class Cancelled(Exception):
+    """The job was cancelled before it finished; no image was made."""
+
+
 @dataclass
 class Result:
     image: object  # PIL.Image.Image
@@ -45,41 +49,101 @@ def parameters_text(loaded: LoadedModel, request: GenerationRequest) -> str:
         "Model": loaded.name,
         "Precision": loaded.options.precision,
         "Sampler": "Euler flow-matching",
-        "Shift": loaded.pipe.scheduler.config.shift,
+        "Shift": request.shift,
     }
     return format_parameters(request.prompt, request.negative_prompt, settings)
 
 
-@torch.inference_mode()
-def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = False, **pipe_kwargs) -> Result:
-    """Run the pipeline once. The seed drives a CPU generator, so a seed gives the same
-    starting noise on every device."""
-    pipe, device = loaded.pipe, loaded.device
+def use_shift(pipe, shift: float) -> None:
+    """Give the scheduler this request's timestep shift (a fresh scheduler: no state carries over)."""
+    if pipe.scheduler.config.shift != shift:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=shift)
+
+
+def run_stages(loaded: LoadedModel, request: GenerationRequest, on_step=None, enter_stage=None) -> tuple[list, dict]:
+    """Encode, denoise, decode, each timed; returns (PIL images, seconds per stage).
+
+    The seed drives a CPU generator, as in `generation.generate`, so the images are the same.
+    `on_step(pipe, step, timestep, latents)` runs after each step and may set
+    `pipe._interrupt`; `enter_stage(name)` is called as each stage starts.
+    """
+    pipe, spec = loaded.pipe, loaded.spec
+    use_shift(pipe, request.shift)
+    enter_stage = enter_stage or (lambda name: None)
+    timings = {}
+    guided = request.guidance > 1.0  # the pipeline's own rule for classifier-free guidance
+    with torch.inference_mode():
+        enter_stage("encode")
+        start = time.perf_counter()
+        embeds = pipe.encode_prompt(
+            prompt=request.prompt,
+            prompt_2=None,
+            prompt_3=None,
+            negative_prompt=request.negative_prompt or None,
+            do_classifier_free_guidance=guided,
+            device=pipe._execution_device,
+            num_images_per_prompt=request.batch,
+            max_sequence_length=spec.max_sequence_length,
+        )
+        timings["text_encode_s"] = time.perf_counter() - start
+
+        enter_stage("denoise")
+        start = time.perf_counter()
+
+        def callback(pipe_, i, t, kwargs):
+            if on_step is not None:
+                on_step(pipe_, i, t, kwargs["latents"])
+            return {}
+
+        latents = pipe(
+            prompt_embeds=embeds[0],
+            negative_prompt_embeds=embeds[1],
+            pooled_prompt_embeds=embeds[2],
+            negative_pooled_prompt_embeds=embeds[3],
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            width=request.width,
+            height=request.height,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            max_sequence_length=spec.max_sequence_length,
+            output_type="latent",
+            callback_on_step_end=callback,
+        ).images
+        timings["denoise_s"] = time.perf_counter() - start
+        if pipe.interrupt:
+            raise Cancelled("cancelled between steps")
+
+        enter_stage("decode")
+        start = time.perf_counter()
+        vae = pipe.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        images = pipe.image_processor.postprocess(decoded, output_type="pil")
+        pipe.maybe_free_model_hooks()
+        timings["decode_s"] = time.perf_counter() - start
+    return images, timings
+
+
+def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = False) -> Result:
+    """Run the pipeline once (encode, denoise, decode). The seed drives a CPU generator, so a
+    seed gives the same starting noise on every device."""
+    device = loaded.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    pipe.set_progress_bar_config(disable=not progress, leave=True)
+    loaded.pipe.set_progress_bar_config(disable=not progress, leave=True)
     start = time.perf_counter()
-    output = pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or None,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        width=request.width,
-        height=request.height,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
-        max_sequence_length=loaded.spec.max_sequence_length,
-        output_type="pil",
-        **pipe_kwargs,
-    )
+    images, timings = run_stages(loaded, request)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     latency = time.perf_counter() - start
     peak, peak_kind = peak_memory_bytes(device)
     stats = {
         "latency_s": round(latency, 4),
+        **{k: round(v, 4) for k, v in timings.items()},
         "steps": request.steps,
         "guidance": request.guidance,
+        "shift": request.shift,
         "seed": request.seed,
         "width": request.width,
         "height": request.height,
@@ -92,4 +156,4 @@ def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = F
         "peak_memory_kind": peak_kind,
         "random_weights": loaded.random_weights,
     }
-    return Result(image=output.images[0], request=request, parameters=parameters_text(loaded, request), stats=stats)
+    return Result(image=images[0], request=request, parameters=parameters_text(loaded, request), stats=stats, images=images)

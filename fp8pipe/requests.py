@@ -18,6 +18,7 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 2000
 MAX_BATCH = 8
+SHIFT_RANGE = (0.5, 12.0)
 
 
 class RequestError(ValueError):
@@ -86,6 +87,7 @@ class GenerationRequest:
     width: int
     height: int
     batch: int = 1
+    shift: float = 3.0  # the flow-matching schedule's timestep shift
 
     @classmethod
     def create(
@@ -100,6 +102,7 @@ class GenerationRequest:
         height=None,
         limits: Limits | None = None,
         batch=None,
+        shift=None,
     ) -> "GenerationRequest":
         """A validated request; missing settings take the model's recommended defaults."""
         limits = limits or Limits.for_spec(spec)
@@ -122,7 +125,12 @@ class GenerationRequest:
             raise RequestError("guidance", f"must be a number from 0 to {limits.max_guidance}; got {guidance!r}") from None
         if not math.isfinite(guidance) or not 0.0 <= guidance <= limits.max_guidance:
             raise RequestError("guidance", f"must be a number from 0 to {limits.max_guidance}; got {guidance!r}")
+        shift = spec.shift if shift is None else shift
+        low, high = SHIFT_RANGE
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or not low <= shift <= high:
+            raise RequestError("shift", f"must be a number from {low} to {high}; got {shift!r}")
         return cls(
+            shift=float(shift),
             prompt=_text("prompt", prompt, limits.max_prompt_chars, required=True),
             negative_prompt=_text("negative_prompt", negative_prompt, limits.max_prompt_chars, required=False),
             steps=_integer("steps", spec.steps if steps is None else steps, 1, limits.max_steps),
