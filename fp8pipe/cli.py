@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--base", default=None)
     q.set_defaults(func=cmd_quantize)
+
+    from .bench import add_bench_command
+
+    add_bench_command(sub)
     return parser
 
 
