@@ -124,21 +124,27 @@ def materialize_random_(model: nn.Module, device: torch.device, dtype: torch.dty
     return model
 
 
-def random_transformer(config: dict, precision: str, device: torch.device, seed: int, fp8_path: str = "upcast", dtype=None) -> nn.Module:
-    """An SD3 transformer with random weights at `precision` on `device` (compute dtype as loader's,
-    or `dtype` when given), never holding a second copy of any tensor."""
+def random_transformer(
+    config: dict, precision: str, device: torch.device, seed: int, fp8_path: str = "upcast", dtype=None, make_on: torch.device | None = None
+) -> nn.Module:
+    """An SD3 transformer with random weights at `precision` for `device` (compute dtype as the
+    loader's, or `dtype` when given), made on `make_on` (default `device`; the CPU for offload),
+    never holding a second copy of any tensor."""
     compute = dtype or transformer_compute_dtype(precision, device)
     model = _empty_transformer(config)
     if precision == "fp8":
         swap_linears_to_fp8(model, TRANSFORMER_POLICY, fp8_path, compute, quantize_weights=False)
-    materialize_random_(model, device, compute, seed)
+    materialize_random_(model, make_on or device, compute, seed)
     if dtype is None and compute != component_dtype(device):
         cast_io_to(model, compute)
     return model.eval()
 
 
-def random_pipeline(spec: ModelSpec, precision: str, device: torch.device, seed: int = 0, t5: str = "16bit", fp8_path: str = "upcast"):
-    """A StableDiffusion3Pipeline of `spec` with random weights, every component made on `device`."""
+def random_pipeline(
+    spec: ModelSpec, precision: str, device: torch.device, seed: int = 0, t5: str = "16bit", fp8_path: str = "upcast", make_on: torch.device | None = None
+):
+    """A StableDiffusion3Pipeline of `spec` with random weights in `device`'s dtypes, every component
+    made on `make_on` (default `device`)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -156,8 +162,8 @@ def random_pipeline(spec: ModelSpec, precision: str, device: torch.device, seed:
         swap_linears_to_fp8(te3, T5_POLICY, "upcast", dtype, quantize_weights=False)
     for i, module in enumerate((te1, te2, te3, vae)):
         if module is not None:
-            materialize_random_(module, device, dtype, seed + 1 + i)
-    transformer = random_transformer(spec.transformer_config, precision, device, seed, fp8_path)
+            materialize_random_(module, make_on or device, dtype, seed + 1 + i)
+    transformer = random_transformer(spec.transformer_config, precision, device, seed, fp8_path, make_on=make_on)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=spec.shift),
@@ -339,11 +345,11 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     host_resettable = reset_host_peak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    pipe = timer = None
+    pipe = transformer = timer = None
     try:
         start = time.perf_counter()
-        build_on = torch.device("cpu") if case.placement == "model_offload" else device
-        pipe = random_pipeline(spec, case.precision, build_on, options.seed, options.t5, fp8_path or "upcast")
+        make_on = torch.device("cpu") if case.placement == "model_offload" else device
+        pipe = random_pipeline(spec, case.precision, device, options.seed, options.t5, fp8_path or "upcast", make_on)
         if case.placement == "model_offload":
             pipe.enable_model_cpu_offload(device=device)
         _synchronize(device)
@@ -353,6 +359,7 @@ def run_case(case: Case, options: BenchOptions) -> dict:
         if case.precision == "fp8" and options.fuse_quant:
             fuse_activation_quant_(transformer)
         if case.compile:
+            torch._dynamo.reset()  # each case compiles a new model: stay clear of the recompile limit
             compile_transformer_(transformer, options.compile_mode)
         timer = StepTimer(transformer, device)
         start = time.perf_counter()
@@ -391,7 +398,7 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     finally:
         if timer is not None:
             timer.remove()
-        del pipe
+        pipe = transformer = timer = None
         _free(device)
     row["peak_host_bytes"] = host_peak_bytes()
     row["peak_host_kind"] = "case (VmHWM reset per case)" if host_resettable else "process lifetime (VmHWM could not be reset)"
@@ -736,6 +743,8 @@ def projection_report(specs: list[ModelSpec], precisions, resolutions, steps, gu
 def projection_markdown(report: dict) -> str:
     from tabulate import tabulate
 
+    from .projection import VRAM_USABLE
+
     table = [
         [r["card"], r["model"], r["precision"], r["matmul"], r["resolution"], r["steps"], r["guidance"], f"{r['tflop_per_image']:.0f}",
          f"{r['transformer_bytes'] / GIB:.1f}", r["placement"], r["bound"], f"{r['latency_floor_s']:.2f}"]
@@ -745,7 +754,9 @@ def projection_markdown(report: dict) -> str:
     return (
         "# Projection (not a measurement)\n\nThe transformer loop's floor on each card from counted FLOPs and bytes at the "
         "card's published dense tensor rate, memory and PCIe bandwidth (fp8pipe/projection.py names the sources). "
-        "Text encoders, VAE and kernel efficiency are not included: real latency is higher.\n\n" + tabulate(table, headers=headers, tablefmt="pipe") + "\n"
+        "Text encoders, VAE and kernel efficiency are not included: real latency is higher.\n\n"
+        f"- command: `{report['command']}`\n- placement: resident if all weights fit in {VRAM_USABLE:.0%} of VRAM, else model offload "
+        "(weights moved in per image), else the transformer's weights streamed over PCIe every step\n\n" + tabulate(table, headers=headers, tablefmt="pipe") + "\n"
     )
 
 
@@ -787,20 +798,24 @@ def add_bench_command(subparsers) -> None:
 
 def command_line(args) -> str:
     """The exact command that reproduces this run, written from the parsed options."""
+    import shlex
+
     parts = ["python -m fp8pipe bench", f"--arch {','.join(args.arch)}", f"--precision {','.join(args.precision)}"]
     if args.resolution:
         parts.append(f"--resolution {','.join(map(str, args.resolution))}")
-    for flag, value in (("--steps", args.steps), ("--guidance", args.guidance), ("--vram-limit", args.vram_limit)):
+    for flag, value in (("--steps", args.steps), ("--guidance", args.guidance), ("--vram-limit", None if args.project else args.vram_limit)):
         if value is not None:
             parts.append(f"{flag} {value}")
-    parts += [f"--placement {','.join(args.placement)}", f"--compile {args.compile}", f"--compile-mode {args.compile_mode}"]
-    parts += [f"--t5 {args.t5}", f"--fp8-path {args.fp8_path}", f"--device {args.device}", f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--seed {args.seed}"]
-    parts += [flag for flag, on in (("--fuse-quant", args.fuse_quant), ("--no-fidelity", args.no_fidelity), ("--project", args.project)) if on]
+    parts.append(f"--t5 {args.t5}")
     if args.project:
-        parts.append(f"--cards {','.join(repr(c) if ' ' in c else c for c in args.cards)}")
+        parts += ["--project", f"--cards {shlex.quote(','.join(args.cards))}"]
+    else:
+        parts += [f"--placement {','.join(args.placement)}", f"--compile {args.compile}", f"--compile-mode {args.compile_mode}"]
+        parts += [f"--fp8-path {args.fp8_path}", f"--device {args.device}", f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--seed {args.seed}"]
+        parts += [flag for flag, on in (("--fuse-quant", args.fuse_quant), ("--no-fidelity", args.no_fidelity)) if on]
     for flag in ("json", "markdown", "plot"):
         if getattr(args, flag):
-            parts.append(f"--{flag} {getattr(args, flag)}")
+            parts.append(f"--{flag} {shlex.quote(getattr(args, flag))}")
     return " ".join(parts)
 
 
@@ -820,8 +835,7 @@ def cmd_bench(args) -> int:
         unknown = [c for c in args.cards if c not in CARDS]
         if unknown:
             raise ValueError(f"unknown card(s) {', '.join(unknown)}; known: {', '.join(CARDS)}")
-        report = projection_report(specs, args.precision, args.resolution, args.steps, args.guidance, args.t5, args.cards)
-        report["command"] = command_line(args)
+        report = {"command": command_line(args), **projection_report(specs, args.precision, args.resolution, args.steps, args.guidance, args.t5, args.cards)}
         text = projection_markdown(report)
     else:
         vram_limit = parse_size(args.vram_limit) if args.vram_limit else None
