@@ -80,6 +80,15 @@ def test_random_pipeline_ties_stay_tied_and_position_ids_count():
     assert ids.tolist() == [list(range(ids.shape[-1]))]
 
 
+def test_fp8_t5_encodes_with_its_gated_mlp_output_kept_16bit():
+    pipe = bench.random_pipeline(specs.SPECS["demo"], "bf16", torch.device("cpu"), t5="fp8")
+    t5 = pipe.text_encoder_3
+    assert isinstance(t5.encoder.block[0].layer[1].DenseReluDense.wi_0, FP8Linear)
+    assert not isinstance(t5.encoder.block[0].layer[1].DenseReluDense.wo, FP8Linear)
+    out = t5(torch.tensor([[5, 6, 7, 1]])).last_hidden_state
+    assert torch.isfinite(out).all()
+
+
 def test_size_parsing_and_vram_cap_is_not_applied_on_cpu():
     assert bench.parse_size("8GiB") == 8 * 2**30
     assert bench.parse_size("7.5 GB") == 7_500_000_000
@@ -104,13 +113,13 @@ def test_ratios_are_taken_between_twin_rows_only():
 
 def test_bench_cli_tiny_writes_json_schema_with_both_precisions_and_ratios(tmp_path, capsys):
     out, md, png = tmp_path / "out.json", tmp_path / "out.md", tmp_path / "out.png"
-    argv = ["bench", "--arch", "tiny", "--precision", "bf16,fp8", "--steps", "2", "--repeats", "1", "--device", "cpu"]
+    argv = ["bench", "--arch", "tiny", "--precision", "bf16,fp8", "--steps", "2", "--repeats", "1", "--device", "cpu", "--vram-limit", "8GiB"]
     assert main([*argv, "--json", str(out), "--markdown", str(md), "--plot", str(png)]) == 0
     report = json.loads(out.read_text())
     assert report["kind"] == "measurement" and report["command"].startswith("python -m fp8pipe bench --arch tiny")
     for key in ("torch", "diffusers", "transformers", "device", "device_name", "driver"):
         assert key in report["environment"]
-    assert report["vram_limit"]["applied"] is False
+    assert report["vram_limit"]["applied"] is False and "not applied" in report["vram_limit"]["note"]
     rows = {r["precision"]: r for r in report["rows"]}
     assert set(rows) == {"bf16", "fp8"}
     for row in rows.values():
