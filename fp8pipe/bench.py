@@ -298,6 +298,7 @@ class BenchOptions:
     fuse_quant: bool = False
     repeats: int = 3
     warmup: int = 1
+    min_warmup_s: float = 10.0
     seed: int = 0
 
 
@@ -363,10 +364,13 @@ def run_case(case: Case, options: BenchOptions) -> dict:
             compile_transformer_(transformer, options.compile_mode)
         timer = StepTimer(transformer, device)
         start = time.perf_counter()
-        for i in range(options.warmup):
-            _run_pipe(pipe, case, spec, options.seed + i)
-        _synchronize(device)
+        warmed = 0  # at least `warmup` images and `min_warmup_s` seconds: a busy or cold machine settles first
+        while warmed < options.warmup or (warmed and time.perf_counter() - start < options.min_warmup_s):
+            _run_pipe(pipe, case, spec, options.seed + warmed)
+            _synchronize(device)
+            warmed += 1
         row["warmup_s"] = time.perf_counter() - start  # includes compilation when compiling
+        row["warmup_images"] = warmed
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timer.reset()
@@ -500,6 +504,7 @@ def fidelity(spec: ModelSpec, resolution: int, steps: int, guidance: float, devi
         "per_step_rel_l2": per_step,
         "max_step_rel_l2": max(per_step),
         "final_latent_rel_l2": relative_l2(final_fp8, final_bf16),
+        "finite": bool(torch.isfinite(final_bf16).all() and torch.isfinite(final_fp8).all()),  # random weights can overflow
     }
 
 
@@ -679,16 +684,16 @@ def markdown_report(report: dict) -> str:
     lines += [tabulate(table, headers=headers, tablefmt="pipe"), ""]
     lines.append(
         "Step time: median transformer call (CFG = one batch-2 call) over the counted images after "
-        f"{report['options']['warmup']} uncounted warm-up image(s). Latency: prompt to PIL image, median. "
+        f"at least {report['options']['warmup']} uncounted warm-up image(s) and {report['options']['min_warmup_s']:g} s of warm-up. Latency: prompt to PIL image, median. "
         "Memory ratio uses VRAM allocated on a GPU, the host peak RSS on the CPU. n/a: not applicable or not measured."
     )
     if report["fidelity"]:
         lines += ["", "## Fidelity proxy (FP8 vs the BF16 weights it was quantized from, same inputs)", ""]
         fid_rows = [
-            [f["model"], f["resolution"], f["steps"], f["guidance"], f.get("fp8_path", "n/a"), _fmt(f.get("max_step_rel_l2"), 1, 4), _fmt(f.get("final_latent_rel_l2"), 1, 4), f.get("error", "")]
+            [f["model"], f["resolution"], f["steps"], f["guidance"], f.get("fp8_path", "n/a"), _fmt(f.get("max_step_rel_l2"), 1, 4), _fmt(f.get("final_latent_rel_l2"), 1, 4), {True: "yes", False: "NO"}.get(f.get("finite"), "n/a"), f.get("error", "")]
             for f in report["fidelity"]
         ]
-        lines.append(tabulate(fid_rows, headers=["model", "px", "steps", "cfg", "path", "max per-step rel L2", "final latent rel L2", "error"], tablefmt="pipe"))
+        lines.append(tabulate(fid_rows, headers=["model", "px", "steps", "cfg", "path", "max per-step rel L2", "final latent rel L2", "finite", "error"], tablefmt="pipe"))
     if report["still_to_measure"]:
         lines += ["", "## Still to be measured", ""] + [f"- {item}" for item in report["still_to_measure"]]
     return "\n".join(lines) + "\n"
@@ -785,7 +790,8 @@ def add_bench_command(subparsers) -> None:
     b.add_argument("--device", default="auto")
     b.add_argument("--vram-limit", default=None, help="cap GPU memory, e.g. 8GiB (torch.cuda.set_per_process_memory_fraction)")
     b.add_argument("--repeats", type=int, default=3, help="counted images per case (default 3)")
-    b.add_argument("--warmup", type=int, default=1, help="uncounted images per case (default 1)")
+    b.add_argument("--warmup", type=int, default=1, help="uncounted images per case, at least (default 1)")
+    b.add_argument("--min-warmup-s", type=float, default=10.0, help="keep warming up until this many seconds have passed (default 10)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-fidelity", action="store_true", help="skip the FP8-vs-BF16 relative L2")
     b.add_argument("--json", default=None, help="write the report as JSON here")
@@ -811,7 +817,7 @@ def command_line(args) -> str:
         parts += ["--project", f"--cards {shlex.quote(','.join(args.cards))}"]
     else:
         parts += [f"--placement {','.join(args.placement)}", f"--compile {args.compile}", f"--compile-mode {args.compile_mode}"]
-        parts += [f"--fp8-path {args.fp8_path}", f"--device {args.device}", f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--seed {args.seed}"]
+        parts += [f"--fp8-path {args.fp8_path}", f"--device {args.device}", f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--min-warmup-s {args.min_warmup_s:g}", f"--seed {args.seed}"]
         parts += [flag for flag, on in (("--fuse-quant", args.fuse_quant), ("--no-fidelity", args.no_fidelity)) if on]
     for flag in ("json", "markdown", "plot"):
         if getattr(args, flag):
@@ -826,8 +832,8 @@ def cmd_bench(args) -> int:
     for p in args.placement:
         if p not in PLACEMENTS:
             raise ValueError(f"--placement takes {', '.join(PLACEMENTS)}; got {p!r}")
-    if args.repeats < 1 or args.warmup < 0:
-        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0 or args.min_warmup_s < 0:
+        raise ValueError("--repeats must be >= 1, --warmup and --min-warmup-s >= 0")
     specs = [resolve_arch(a) for a in args.arch]
     if args.project:
         from .projection import CARDS
@@ -840,7 +846,7 @@ def cmd_bench(args) -> int:
     else:
         vram_limit = parse_size(args.vram_limit) if args.vram_limit else None
         cases = make_cases(args.arch, args.precision, args.resolution, args.steps, args.guidance, args.placement, COMPILE_CHOICES[args.compile])
-        options = BenchOptions(args.device, args.t5, args.fp8_path, args.compile_mode, args.fuse_quant, args.repeats, args.warmup, args.seed)
+        options = BenchOptions(args.device, args.t5, args.fp8_path, args.compile_mode, args.fuse_quant, args.repeats, args.warmup, args.min_warmup_s, args.seed)
         report = run_bench(cases, options, vram_limit, not args.no_fidelity, command_line(args), log=lambda m: print(m, file=sys.stderr))
         text = markdown_report(report)
         if args.plot:
