@@ -41,6 +41,7 @@ COMPILE_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BENCH_T5 = ("16bit", "fp8", "drop")
 PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, golden hour"
+HOST_USABLE = 0.8  # a CPU case runs only when its weights fit in this share of the available RAM
 RATIO_KEYS = ("step_time_s", "peak_memory_bytes", "latency_s")  # fp8 / bf16 of these, per matching pair
 
 # Random E4M3 weights: codes 0x40..0x7E are the magnitudes 2 .. 448 (0x7F is NaN), drawn
@@ -124,6 +125,13 @@ def materialize_random_(model: nn.Module, device: torch.device, dtype: torch.dty
     return model
 
 
+def _meta_transformer(config: dict, precision: str, compute: torch.dtype, fp8_path: str) -> nn.Module:
+    model = _empty_transformer(config)
+    if precision == "fp8":
+        swap_linears_to_fp8(model, TRANSFORMER_POLICY, fp8_path, compute, quantize_weights=False)
+    return model
+
+
 def random_transformer(
     config: dict, precision: str, device: torch.device, seed: int, fp8_path: str = "upcast", dtype=None, make_on: torch.device | None = None
 ) -> nn.Module:
@@ -131,13 +139,57 @@ def random_transformer(
     loader's, or `dtype` when given), made on `make_on` (default `device`; the CPU for offload),
     never holding a second copy of any tensor."""
     compute = dtype or transformer_compute_dtype(precision, device)
-    model = _empty_transformer(config)
-    if precision == "fp8":
-        swap_linears_to_fp8(model, TRANSFORMER_POLICY, fp8_path, compute, quantize_weights=False)
+    model = _meta_transformer(config, precision, compute, fp8_path)
     materialize_random_(model, make_on or device, compute, seed)
     if dtype is None and compute != component_dtype(device):
         cast_io_to(model, compute)
     return model.eval()
+
+
+def _meta_components(spec: ModelSpec, t5: str, dtype: torch.dtype):
+    """(CLIP tokenizer, T5 tokenizer, {name: model on the meta device}) for the text encoders and VAE."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from .tiny import build_clip_tokenizer, build_t5_tokenizer
+
+    clip_tok, t5_tok = build_clip_tokenizer(), build_t5_tokenizer()
+    ids = {"bos_token_id": clip_tok.bos_token_id, "eos_token_id": clip_tok.eos_token_id, "pad_token_id": clip_tok.pad_token_id}
+    with torch.device("meta"):
+        parts = {
+            "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**{"vocab_size": len(clip_tok), **spec.clip_l_config, **ids})),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**{"vocab_size": len(clip_tok), **spec.clip_g_config, **ids})),
+            "text_encoder_3": None
+            if t5 == "drop"
+            else T5EncoderModel(T5Config(**{"vocab_size": len(t5_tok), **spec.t5_config, "pad_token_id": 0, "eos_token_id": 1})),
+            "vae": AutoencoderKL.from_config(spec.vae_config),
+        }
+    if parts["text_encoder_3"] is not None and t5 == "fp8":
+        swap_linears_to_fp8(parts["text_encoder_3"], T5_POLICY, "upcast", dtype, quantize_weights=False)
+    return clip_tok, t5_tok, parts
+
+
+def made_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes a meta-device `model` takes once made in `dtype` (FP8 weights 1 byte, row scales 4)."""
+    scales = {id(m.scale) for m in model.modules() if isinstance(m, FP8Linear)}
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dtype == FP8_DTYPE or not t.is_floating_point():
+            width = t.element_size()
+        else:
+            width = 4 if id(t) in scales else dtype.itemsize
+        total += t.numel() * width
+    return total
+
+
+def pipeline_weight_bytes(spec: ModelSpec, precision: str, device: torch.device, t5: str = "16bit") -> dict[str, int]:
+    """Bytes of each component's weights as `random_pipeline` makes them for `device` (meta build only)."""
+    dtype = component_dtype(device)
+    compute = transformer_compute_dtype(precision, device)
+    _, _, parts = _meta_components(spec, t5, dtype)
+    sizes = {name: made_bytes(model, dtype) for name, model in parts.items() if model is not None}
+    sizes["transformer"] = made_bytes(_meta_transformer(spec.transformer_config, precision, compute, "upcast"), compute)
+    return sizes
 
 
 def random_pipeline(
@@ -145,38 +197,41 @@ def random_pipeline(
 ):
     """A StableDiffusion3Pipeline of `spec` with random weights in `device`'s dtypes, every component
     made on `make_on` (default `device`)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    from .tiny import build_clip_tokenizer, build_t5_tokenizer
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     dtype = component_dtype(device)
-    clip_tok, t5_tok = build_clip_tokenizer(), build_t5_tokenizer()
-    ids = {"bos_token_id": clip_tok.bos_token_id, "eos_token_id": clip_tok.eos_token_id, "pad_token_id": clip_tok.pad_token_id}
-    with torch.device("meta"):
-        te1 = CLIPTextModelWithProjection(CLIPTextConfig(**{"vocab_size": len(clip_tok), **spec.clip_l_config, **ids}))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**{"vocab_size": len(clip_tok), **spec.clip_g_config, **ids}))
-        te3 = None if t5 == "drop" else T5EncoderModel(T5Config(**{"vocab_size": len(t5_tok), **spec.t5_config, "pad_token_id": 0, "eos_token_id": 1}))
-        vae = AutoencoderKL.from_config(spec.vae_config)
-    if te3 is not None and t5 == "fp8":
-        swap_linears_to_fp8(te3, T5_POLICY, "upcast", dtype, quantize_weights=False)
-    for i, module in enumerate((te1, te2, te3, vae)):
-        if module is not None:
-            materialize_random_(module, make_on or device, dtype, seed + 1 + i)
+    clip_tok, t5_tok, parts = _meta_components(spec, t5, dtype)
+    for i, name in enumerate(("text_encoder", "text_encoder_2", "text_encoder_3", "vae")):
+        if parts[name] is not None:
+            parts[name] = materialize_random_(parts[name], make_on or device, dtype, seed + 1 + i).eval()
     transformer = random_transformer(spec.transformer_config, precision, device, seed, fp8_path, make_on=make_on)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=spec.shift),
-        vae=vae.eval(),
-        text_encoder=te1.eval(),
         tokenizer=clip_tok,
-        text_encoder_2=te2.eval(),
         tokenizer_2=clip_tok,
-        text_encoder_3=te3.eval() if te3 is not None else None,
-        tokenizer_3=t5_tok if te3 is not None else None,
+        tokenizer_3=t5_tok if parts["text_encoder_3"] is not None else None,
+        **parts,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def cpu_refusal(spec: ModelSpec, device: torch.device, options: "BenchOptions") -> str | None:
+    """Why a full-size model will not run on the CPU (None where it may)."""
+    if device.type == "cpu" and not spec.random_weights and not options.cpu_full_size:
+        return f"{spec.name} is full-size and the device is the CPU (use a GPU, --arch tiny, or --cpu-full-size)"
+    return None
+
+
+def host_available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 # ---- speed switches -------------------------------------------------------------------
@@ -299,6 +354,7 @@ class BenchOptions:
     repeats: int = 3
     warmup: int = 1
     min_warmup_s: float = 10.0
+    cpu_full_size: bool = False  # full-size models on the CPU take minutes per image and all the RAM
     seed: int = 0
 
 
@@ -342,6 +398,15 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     row = {**asdict(case), "model": spec.name, "fp8_path": fp8_path, "t5": options.t5, "device": str(device), **case_work(case, spec, options.t5)}
     if case.placement == "model_offload" and device.type != "cuda":
         return {**row, "status": "skipped", "error": "model_offload needs a CUDA device"}
+    refusal = cpu_refusal(spec, device, options)
+    if refusal:
+        return {**row, "status": "skipped", "error": refusal}
+    make_on = torch.device("cpu") if case.placement == "model_offload" else device
+    row["weight_bytes"] = pipeline_weight_bytes(spec, case.precision, device, options.t5)
+    available = host_available_bytes() if make_on.type == "cpu" else None
+    if available is not None and sum(row["weight_bytes"].values()) > HOST_USABLE * available:
+        need = sum(row["weight_bytes"].values()) / GIB
+        return {**row, "status": "skipped", "error": f"the weights need {need:.1f} GiB of host RAM; {available / GIB:.1f} GiB is available"}
     _free(device)
     host_resettable = reset_host_peak()
     if device.type == "cuda":
@@ -349,7 +414,6 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     pipe = transformer = timer = None
     try:
         start = time.perf_counter()
-        make_on = torch.device("cpu") if case.placement == "model_offload" else device
         pipe = random_pipeline(spec, case.precision, device, options.seed, options.t5, fp8_path or "upcast", make_on)
         if case.placement == "model_offload":
             pipe.enable_model_cpu_offload(device=device)
@@ -607,6 +671,17 @@ def run_bench(cases: list[Case], options: BenchOptions, vram_limit: int | None =
                 continue
             seen.add(key)
             log(f"fidelity {c.arch} {c.resolution}px {c.steps} steps ...")
+            spec = resolve_arch(c.arch)
+            refusal = cpu_refusal(spec, device, options)
+            if refusal:
+                fid.append({"model": spec.name, "resolution": c.resolution, "steps": c.steps, "guidance": c.guidance, "error": "skipped: " + refusal})
+                continue
+            need = made_bytes(_meta_transformer(spec.transformer_config, "bf16", torch.bfloat16, "upcast"), torch.bfloat16)
+            available = host_available_bytes() if device.type == "cpu" else None
+            if available is not None and need > HOST_USABLE * available:
+                error = f"skipped: the BF16 transformer needs {need / GIB:.1f} GiB of host RAM; {available / GIB:.1f} GiB is available"
+                fid.append({"model": spec.name, "resolution": c.resolution, "steps": c.steps, "guidance": c.guidance, "error": error})
+                continue
             try:
                 fid.append(fidelity(resolve_arch(c.arch), c.resolution, c.steps, c.guidance, device, options.seed, options.fp8_path))
             except Exception as e:
@@ -793,6 +868,7 @@ def add_bench_command(subparsers) -> None:
     b.add_argument("--warmup", type=int, default=1, help="uncounted images per case, at least (default 1)")
     b.add_argument("--min-warmup-s", type=float, default=10.0, help="keep warming up until this many seconds have passed (default 10)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--cpu-full-size", action="store_true", help="allow full-size models on the CPU (slow, and needs the RAM)")
     b.add_argument("--no-fidelity", action="store_true", help="skip the FP8-vs-BF16 relative L2")
     b.add_argument("--json", default=None, help="write the report as JSON here")
     b.add_argument("--markdown", default=None, help="write the report as a markdown table here")
@@ -818,7 +894,7 @@ def command_line(args) -> str:
     else:
         parts += [f"--placement {','.join(args.placement)}", f"--compile {args.compile}", f"--compile-mode {args.compile_mode}"]
         parts += [f"--fp8-path {args.fp8_path}", f"--device {args.device}", f"--repeats {args.repeats}", f"--warmup {args.warmup}", f"--min-warmup-s {args.min_warmup_s:g}", f"--seed {args.seed}"]
-        parts += [flag for flag, on in (("--fuse-quant", args.fuse_quant), ("--no-fidelity", args.no_fidelity)) if on]
+        parts += [flag for flag, on in (("--fuse-quant", args.fuse_quant), ("--no-fidelity", args.no_fidelity), ("--cpu-full-size", args.cpu_full_size)) if on]
     for flag in ("json", "markdown", "plot"):
         if getattr(args, flag):
             parts.append(f"--{flag} {shlex.quote(getattr(args, flag))}")
@@ -846,7 +922,18 @@ def cmd_bench(args) -> int:
     else:
         vram_limit = parse_size(args.vram_limit) if args.vram_limit else None
         cases = make_cases(args.arch, args.precision, args.resolution, args.steps, args.guidance, args.placement, COMPILE_CHOICES[args.compile])
-        options = BenchOptions(args.device, args.t5, args.fp8_path, args.compile_mode, args.fuse_quant, args.repeats, args.warmup, args.min_warmup_s, args.seed)
+        options = BenchOptions(
+            device=args.device,
+            t5=args.t5,
+            fp8_path=args.fp8_path,
+            compile_mode=args.compile_mode,
+            fuse_quant=args.fuse_quant,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            min_warmup_s=args.min_warmup_s,
+            cpu_full_size=args.cpu_full_size,
+            seed=args.seed,
+        )
         report = run_bench(cases, options, vram_limit, not args.no_fidelity, command_line(args), log=lambda m: print(m, file=sys.stderr))
         text = markdown_report(report)
         if args.plot:

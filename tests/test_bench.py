@@ -142,6 +142,15 @@ def test_bench_cli_tiny_writes_json_schema_with_both_precisions_and_ratios(tmp_p
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_full_size_on_the_cpu_is_skipped_with_a_reason_not_built():
+    cases = bench.make_cases(["large"], ["bf16", "fp8"], [512], 2, None, ["resident"], [False])
+    report = bench.run_bench(cases, bench.BenchOptions(device="cpu"), log=lambda _: None)
+    assert [r["status"] for r in report["rows"]] == ["skipped", "skipped"]
+    assert all("full-size" in r["error"] for r in report["rows"])
+    assert report["fidelity"][0]["error"].startswith("skipped")
+    assert all(r["tflop_per_image"] > 0 for r in report["rows"])  # the work is still counted
+
+
 def test_projection_is_labelled_and_3060_takes_the_upcast_path(tmp_path):
     large = specs.SPECS["sd3.5-large"]
     on_3060 = project(large, CARDS["RTX 3060"], "fp8", 1024, 28, 3.5)
