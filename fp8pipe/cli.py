@@ -1,4 +1,4 @@
-"""Command line: generate, quantize, policy (bench and plan join as they land).
+"""Command line: generate, quantize, policy, plan (fp8pipe.memory) and bench (fp8pipe.bench).
 
 Errors a user can fix (a bad model path, a setting out of range) print one clear message
 and exit with status 2; no traceback.
@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_policy)
 
+    from .bench import add_bench_command
     from .memory import add_plan_command
 
     add_plan_command(sub)
+    add_bench_command(sub)
     return parser
 
 

@@ -83,6 +83,9 @@ def _quantize_activation_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 class FP8Linear(nn.Module):
     """A Linear whose weight is stored in E4M3 with a float32 scale per output row."""
 
+    # How the scaled-mm path quantizes its input; an instance may hold a fused (compiled) one.
+    quantize_activation = staticmethod(_quantize_activation_rows)
+
     def __init__(
         self,
         in_features: int,
@@ -122,7 +125,7 @@ class FP8Linear(nn.Module):
     def _forward_scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2d = x.reshape(-1, self.in_features)
-        xq, x_scale = _quantize_activation_rows(x2d)
+        xq, x_scale = self.quantize_activation(x2d)
         # Row-wise scaling on CUDA produces bf16 only; the CPU also gives the input dtype.
         out_dtype = torch.bfloat16 if x.device.type == "cuda" else x.dtype
         bias = self.bias.to(out_dtype) if self.bias is not None else None
