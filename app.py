@@ -90,18 +90,20 @@ def _as_gradio_error(e: Exception):
     return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed")
 
 
-def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, **fields):
+def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, model=None, t5=None, **fields):
     """Validate, filter, rate-limit, then stream (Progress..., Result) from the engine."""
     from fp8pipe.requests import RequestError
     from fp8pipe.service import Refused, build_request, stream_job
 
+    model = model or app.model
     try:
-        req = build_request(app.preset, app.spec, prompt, style=style, **fields)
+        spec = app.spec if model == app.model else app.engine.spec_for(model)
+        req = build_request(app.preset, spec, prompt, style=style, **fields)
         app.limiter.check(session_key(request))
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e) from None
     try:
-        yield from stream_job(app.engine, req, app.model, precision or app.preset.precision, preview)
+        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
     except (RequestError, Refused, RuntimeError) as e:
         raise _as_gradio_error(e) from None
 
@@ -144,6 +146,7 @@ footer, .footer {display: none !important}
 #start-button {font-size: 2rem !important; min-height: 6rem}
 #attract-title h1 {font-size: 3rem; text-align: center}
 #style label {font-size: 1.2rem}
+#result-image img, #attract-image img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
 .gradio-container {max-width: 100% !important}
 """
 
@@ -242,7 +245,8 @@ def build_kiosk(app: App):
 
 def build_advanced(app: App):
     from fp8pipe.metadata import parse_parameters
-    from fp8pipe.requests import MAX_SEED
+    from fp8pipe.presets import available_presets, load_preset
+    from fp8pipe.requests import MAX_SEED, SHIFT_RANGE
 
     preset, spec = app.preset, app.spec
     limits, defaults = preset.limits_for(spec), preset.defaults_for(spec)
@@ -256,7 +260,12 @@ def build_advanced(app: App):
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.max_prompt_chars)
                 negative = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"], lines=2)
                 with gr.Row():
+                    models = list(dict.fromkeys([app.model, "demo"]))
+                    model = gr.Dropdown(models, value=app.model, label="Model")
+                    preset_choice = gr.Dropdown(available_presets(), value=preset.name if preset.name in available_presets() else None, label="Preset (fills the settings)")
+                with gr.Row():
                     precision = gr.Radio(precisions, value=preset.precision, label="Transformer precision")
+                    t5 = gr.Radio(["auto", "16bit", "fp8", "cpu", "drop"], value=preset.t5, label="T5 text encoder")
                     compare = gr.Checkbox(label="Compare FP8 with BF16 (same seed)", value=False)
                 with gr.Row():
                     steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Steps")
@@ -268,16 +277,17 @@ def build_advanced(app: App):
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     randomize = gr.Checkbox(value=True, label="Randomize seed")
                     batch = gr.Slider(1, 8, value=1, step=1, label="Batch count")
+                    shift = gr.Slider(SHIFT_RANGE[0], SHIFT_RANGE[1], value=spec.shift, step=0.1, label="Shift")
                 go = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Images", columns=2, height=520, format="png", elem_id="result-gallery")
                 with gr.Row(visible=False) as compare_row:
-                    diff = gr.Image(label="|FP8 - BF16| x4", interactive=False, format="png")
+                    diff = gr.Image(label="|FP8 - BF16| x4", interactive=False, format="png", elem_id="diff-image")
                 stats = gr.JSON(label="Stats")
                 history = gr.Gallery(label="History", columns=6, height=200, format="png")
 
-        def run(text, neg, prec, comp, n_steps, g, w, h, s, rand, count, request: gr.Request):
+        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, request: gr.Request):
             import secrets
 
             from fp8pipe.service import difference_image, psnr
@@ -287,11 +297,12 @@ def build_advanced(app: App):
             compare_update, diff_image = gr.update(visible=False), None
             for i in range(int(count)):
                 this_seed = (int(first_seed) + i) % (MAX_SEED + 1) if first_seed is not None else None
-                fields = dict(negative_prompt=neg, steps=n_steps, guidance=g, width=w, height=h, seed=this_seed)
+                fields = dict(negative_prompt=neg, steps=n_steps, guidance=g, width=w, height=h, seed=this_seed, shift=sh)
                 variants = ["fp8", "bf16"] if comp else [prec]
                 results = []
                 for variant in variants:
-                    paths, result = _final(app, _run(app, text, precision=variant, request=request, **fields))
+                    stream = _run(app, text, precision=variant, request=request, model=chosen_model, t5=t5_mode, **fields)
+                    paths, result = _final(app, stream)
                     images.append((str(paths[0]), f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s"))
                     results.append(result)
                     all_stats.append(_stats(result))
@@ -303,7 +314,7 @@ def build_advanced(app: App):
 
         go.click(
             run,
-            [prompt, negative, precision, compare, steps, guidance, width, height, seed, randomize, batch],
+            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift],
             [gallery, stats, history, compare_row, diff],
             api_visibility="private",
             concurrency_id=GPU_QUEUE,
@@ -332,6 +343,19 @@ def build_advanced(app: App):
                 int(size[1]) if len(size) > 1 and size[1].isdigit() else gr.update(),
             )
 
+        def apply_preset(name):
+            """A shipped preset's defaults, clamped to this app's limits (which stay in force)."""
+            chosen = load_preset(name).defaults_for(spec)
+            clamp = lambda v, lo, hi: min(max(v, lo), hi)  # noqa: E731
+            return (
+                chosen["negative_prompt"],
+                clamp(chosen["steps"], 1, limits.max_steps),
+                clamp(chosen["guidance"], 0, limits.max_guidance),
+                clamp(chosen["width"], limits.min_size, limits.max_size),
+                clamp(chosen["height"], limits.min_size, limits.max_size),
+            )
+
+        preset_choice.input(apply_preset, preset_choice, [negative, steps, guidance, width, height], api_visibility="private")
         dropped.upload(read_parameters, dropped, [prompt, negative, steps, guidance, seed, width, height], api_visibility="private")
         _add_api(app)
     return demo
@@ -388,7 +412,7 @@ def create_app(args) -> tuple[object, App]:
 
     preset = load_preset(args.preset or ("kiosk-8gb" if args.kiosk and args.model not in (None, "demo") else "cpu-demo"))
     model = args.model or preset.model
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup)
+    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup, t5=preset.t5)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     outputs = Path(tempfile.mkdtemp(prefix="fp8pipe-outputs-"))

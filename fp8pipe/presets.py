@@ -19,7 +19,7 @@ from .specs import ModelSpec
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 PRECISIONS = ("fp8", "bf16", "fp16", "fp32")
-T5_MODES = ("16bit", "fp8", "cpu", "drop")
+T5_MODES = ("auto", "16bit", "fp8", "cpu", "drop")  # auto: the planner chooses
 
 
 class PresetError(ValueError):
@@ -38,7 +38,7 @@ class Preset:
     description: str = ""
     model: str = "demo"
     precision: str = "fp8"
-    t5: str = "16bit"
+    t5: str = "auto"
     vram: str | None = None
     steps: int | None = None
     guidance: float | None = None

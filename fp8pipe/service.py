@@ -64,11 +64,11 @@ def build_request(preset: Preset, spec: ModelSpec, prompt, style: str | None = N
     return GenerationRequest.create(spec, prompt=text, limits=preset.limits_for(spec), **merged)
 
 
-def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool) -> Iterator:
+def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool, t5: str | None = None) -> Iterator:
     """Submit `request` and yield each Progress, then the Result. Closing the generator early
     (a client that went away) cancels the job, so it never blocks the queue."""
     updates: queue.Queue = queue.Queue()
-    job = engine.submit(request, model=model, precision=precision, on_progress=updates.put, preview=preview)
+    job = engine.submit(request, model=model, precision=precision, on_progress=updates.put, preview=preview, t5=t5)
     try:
         while not job.done():
             try:

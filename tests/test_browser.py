@@ -60,3 +60,16 @@ def test_advanced_mode_generates_and_shows_stats(browser, advanced_app):
     expect(page.get_by_text("latency_s").first).to_be_visible(timeout=30_000)
     page.screenshot(path=str(DOCS / "advanced.png"), full_page=True)
     page.close()
+
+
+def test_advanced_compare_mode_shows_fp8_and_bf16_with_their_difference(browser, advanced_app):
+    url, _ = advanced_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.locator("#prompt textarea").fill("a green triangle")
+    page.get_by_label("Compare FP8 with BF16 (same seed)").check()
+    page.locator("#generate-button").click()
+    expect(page.locator("#result-gallery img")).to_have_count(2, timeout=60_000)
+    expect(page.get_by_text("psnr_db").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#diff-image img")).to_be_visible()
+    page.close()

@@ -251,3 +251,27 @@ def test_a_full_queue_refuses_new_jobs_with_a_clear_error():
         gate.set()
         for job in [blocker, *waiting]:
             assert job.result(timeout=120).image is not None
+
+
+def test_a_request_can_hold_t5_to_one_mode_which_uses_its_own_warm_pipeline(engine):
+    request = engine.request("demo", prompt="a red ball", seed=1, steps=1)
+    loads = engine.load_count
+    engine.generate(request, model="demo", t5="drop")
+    engine.generate(request, model="demo", t5="drop")
+    assert engine.load_count == loads + 1
+    assert any(e.key.t5 == "drop" for e in engine._pool.values())
+
+
+def test_the_shift_of_a_request_changes_the_image_and_is_recorded():
+    from fp8pipe.generation import generate
+    from fp8pipe.loader import LoadOptions, load_model
+    from fp8pipe.metadata import parse_parameters
+    from fp8pipe.requests import GenerationRequest
+
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    default = GenerationRequest.create(loaded.spec, "a red ball", seed=1, steps=3)
+    shifted = GenerationRequest.create(loaded.spec, "a red ball", seed=1, steps=3, shift=6.0)
+    a, b = generate(loaded, default), generate(loaded, shifted)
+    assert a.image.tobytes() != b.image.tobytes()
+    assert parse_parameters(b.parameters)["Shift"] == "6.0" and parse_parameters(a.parameters)["Shift"] == "3.0"
+    assert generate(loaded, default).image.tobytes() == a.image.tobytes()  # the scheduler is not left shifted
