@@ -426,9 +426,10 @@ def create_app(args) -> tuple[object, App]:
         outputs=outputs,
     )
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
-    if spaces is not None:  # ZeroGPU: each event's function runs with a GPU attached
+    if spaces is not None:  # ZeroGPU: the events that generate run with a GPU attached
         for dep in demo.fns.values():
-            dep.fn = spaces.GPU(duration=120)(dep.fn)
+            if dep.concurrency_id == GPU_QUEUE:
+                dep.fn = spaces.GPU(duration=120)(dep.fn)
     demo.queue(max_size=args.queue_size or preset.queue_size, default_concurrency_limit=1)
     return demo, app
 
