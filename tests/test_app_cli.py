@@ -32,3 +32,27 @@ def test_malformed_flags_are_refused_with_a_usage_error(argv):
     with pytest.raises(SystemExit) as exit_:
         webapp.parse_args(argv)
     assert exit_.value.code == 2
+
+
+def test_python_app_py_serves_the_demo_model_on_the_cpu():
+    """The README's run command, as a real process: it comes up and answers /generate."""
+    import os
+    import time
+
+    from conftest import free_port
+    from gradio_client import Client
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if "Running on local URL" in line or time.monotonic() > deadline:
+                break
+        assert proc.poll() is None, "app.py exited"
+        image, stats = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(prompt="a red ball", api_name="/generate")
+        assert stats["model"] == "demo" and stats["device"] == "cpu" and image.endswith(".png")
+    finally:
+        proc.terminate()
+        proc.wait(30)
