@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,12 +52,26 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
+@contextmanager
+def open_safetensors(path: Path):
+    """safe_open, with a truncated or corrupt file reported as a ModelLoadError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            yield fh
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(
+            f"{path.name} is not a readable safetensors file ({e})",
+            tried=[str(path)],
+            fix="the file is truncated or corrupt: download or export it again",
+        ) from None
+
+
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) one at a time, memory-mapped: a whole model is never held at once."""
-    from safetensors import safe_open
-
     for f in files:
-        with safe_open(str(f), framework="pt", device="cpu") as fh:
+        with open_safetensors(f) as fh:
             for key in fh.keys():
                 yield key, fh.get_tensor(key)
 
@@ -160,9 +175,7 @@ def read_single_file_transformer(path: Path) -> tuple[str, dict[str, torch.Tenso
     FP8 weights come with their per-row scales as `<layer>.scale`; the file's other
     components (VAE, text encoders), if any, are left out.
     """
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
+    with open_safetensors(path) as fh:
         keys = list(fh.keys())
         stripped = {_strip_prefix(k): k for k in keys}
         if any(k.startswith("transformer_blocks.") for k in stripped):

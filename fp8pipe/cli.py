@@ -45,19 +45,26 @@ def _load(args):
 def cmd_generate(args) -> int:
     from .generation import generate
     from .requests import GenerationRequest
+    from .specs import find_spec
 
+    def request_for(spec):
+        return GenerationRequest.create(
+            spec,
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            steps=args.steps,
+            guidance=args.guidance,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            shift=args.shift,
+        )
+
+    known = find_spec(args.model)
+    if known is not None:
+        request_for(known)  # a bad setting fails before gigabytes of weights are read
     loaded = _load(args)
-    request = GenerationRequest.create(
-        loaded.spec,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        shift=args.shift,
-    )
+    request = request_for(loaded.spec)
     result = generate(loaded, request, progress=True)
     path = result.save_png(args.out)
     stats = {**result.stats, "load_s": round(loaded.load_seconds, 3), "out": str(path), "fp8": loaded.fp8.as_dict() if loaded.fp8 else None}

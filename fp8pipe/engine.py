@@ -19,7 +19,6 @@ The engine is the only object with state here; the work itself is plain function
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 import queue
@@ -33,7 +32,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import memory
-from .generation import Cancelled, Result, parameters_text, peak_memory_bytes, run_stages
+from .generation import Cancelled, Result, free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
 from .loader import LoadedModel, load_model, resolve_device
 from .memory import Plan, Workload
 from .requests import GenerationRequest
@@ -146,16 +145,6 @@ class Job:
 
     def done(self) -> bool:
         return self.future.done()
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _rounded(timings: dict) -> dict:
-    return {k: round(v, 4) for k, v in timings.items()}
 
 
 def _plan_summary(plan: Plan) -> dict:
@@ -348,7 +337,7 @@ class Engine:
                 stats["fallback"] = self._step_down(job.model, job.precision, entry, stage["name"], e, job.t5)
         loaded = entry.loaded
         peak, peak_kind = peak_memory_bytes(self.device)
-        stats.update(_rounded(timings))
+        stats.update(rounded(timings))
         stats.update(
             {
                 "latency_s": round(time.perf_counter() - started, 4),  # load (if any) + encode + denoise + decode

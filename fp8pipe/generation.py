@@ -54,6 +54,19 @@ def parameters_text(loaded: LoadedModel, request: GenerationRequest) -> str:
     return format_parameters(request.prompt, request.negative_prompt, settings)
 
 
+def free_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def rounded(timings: dict) -> dict:
+    """Stage timings to 0.1 ms; other entries (such as a decode fallback) as they are."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()}
+
+
 def use_shift(pipe, shift: float) -> None:
     """Give the scheduler this request's timestep shift (a fresh scheduler: no state carries over)."""
     if pipe.scheduler.config.shift != shift:
@@ -117,7 +130,16 @@ def run_stages(loaded: LoadedModel, request: GenerationRequest, on_step=None, en
         start = time.perf_counter()
         vae = pipe.vae
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        try:
+            decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        except torch.OutOfMemoryError:
+            if getattr(vae, "use_tiling", False):
+                raise
+            # The denoised latents are kept: free what the failed decode held, decode in tiles.
+            free_memory(latents.device)
+            vae.enable_tiling()
+            timings["decode_fallback"] = "tiled"
+            decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
         images = pipe.image_processor.postprocess(decoded, output_type="pil")
         pipe.maybe_free_model_hooks()
         timings["decode_s"] = time.perf_counter() - start
@@ -140,7 +162,7 @@ def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = F
     peak, peak_kind = peak_memory_bytes(device)
     stats = {
         "latency_s": round(latency, 4),
-        **{k: round(v, 4) for k, v in timings.items()},
+        **rounded(timings),
         "steps": request.steps,
         "guidance": request.guidance,
         "shift": request.shift,

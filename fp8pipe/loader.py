@@ -132,6 +132,11 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, key: str) -> Non
     current = module._parameters.get(attr, module._buffers.get(attr))
     if current is None and attr not in module._parameters and attr not in module._buffers:
         raise ModelLoadError(f"unexpected tensor {key!r} in the transformer checkpoint", fix="check the file is an SD3 transformer")
+    if current is not None and current.is_floating_point() and not tensor.is_floating_point():
+        raise ModelLoadError(
+            f"tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')} but the architecture expects floating point",
+            fix="the checkpoint is not an SD3 transformer in a float format; re-export it",
+        )
     if current is not None and tuple(current.shape) != tuple(tensor.shape):
         raise ModelLoadError(
             f"tensor {key!r} has shape {tuple(tensor.shape)} but the architecture expects {tuple(current.shape)}",
