@@ -128,20 +128,20 @@ def _empty_transformer(config: dict) -> nn.Module:
         return SD3Transformer2DModel.from_config(config).eval()
 
 
-def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, key: str) -> None:
-    current = module._parameters.get(attr, module._buffers.get(attr))
-    if current is None and attr not in module._parameters and attr not in module._buffers:
+def _check_fits(module: nn.Module, attr: str, tensor: torch.Tensor, key: str) -> None:
+    """The architecture has a tensor `attr` on `module` of `tensor`'s shape, or a clear error."""
+    if attr not in module._parameters and attr not in module._buffers:
         raise ModelLoadError(f"unexpected tensor {key!r} in the transformer checkpoint", fix="check the file is an SD3 transformer")
-    if current is not None and current.is_floating_point() and not tensor.is_floating_point():
-        raise ModelLoadError(
-            f"tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')} but the architecture expects floating point",
-            fix="the checkpoint is not an SD3 transformer in a float format; re-export it",
-        )
+    current = module._parameters.get(attr, module._buffers.get(attr))
     if current is not None and tuple(current.shape) != tuple(tensor.shape):
         raise ModelLoadError(
             f"tensor {key!r} has shape {tuple(tensor.shape)} but the architecture expects {tuple(current.shape)}",
             fix="the checkpoint does not match its config; re-export it",
         )
+
+
+def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, key: str) -> None:
+    _check_fits(module, attr, tensor, key)
     if attr in module._parameters:
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
     else:
@@ -169,6 +169,11 @@ def build_transformer(
         swap_linears_to_fp8(model, policy, fp8_path, compute, quantize_weights=False)
     pending: dict[str, dict[str, torch.Tensor]] = {}  # FP8 weights for 16-bit layers, awaiting their scale
     for key, tensor in tensors:
+        if not tensor.is_floating_point():  # every SD3 transformer tensor is floating point (E4M3 too)
+            raise ModelLoadError(
+                f"tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; the transformer holds floating-point tensors only",
+                fix="the checkpoint is not an SD3 transformer in a float format; re-export it",
+            )
         module_name, _, attr = key.rpartition(".")
         try:
             module = model.get_submodule(module_name)
@@ -176,11 +181,13 @@ def build_transformer(
             raise ModelLoadError(f"unexpected tensor {key!r} in the transformer checkpoint", fix="check the file is an SD3 transformer") from None
         is_fp8_layer = isinstance(module, FP8Linear)
         if is_fp8_layer and attr == "weight" and tensor.dtype != FP8_DTYPE:
-            _assign(module, "weight", torch.empty_like(module.weight, device="meta"), key)  # shape check
+            _check_fits(module, "weight", tensor, key)
             module.set_weight(tensor.to(device))
         elif is_fp8_layer and attr in ("weight", "scale"):
             _assign(module, attr, tensor.to(device, torch.float32 if attr == "scale" else FP8_DTYPE), key)
         elif isinstance(module, nn.Linear) and (tensor.dtype == FP8_DTYPE or attr == "scale"):
+            if attr == "weight":
+                _check_fits(module, attr, tensor, key)
             pending.setdefault(module_name, {})[attr] = tensor
             if {"weight", "scale"} <= pending[module_name].keys():
                 parts = pending.pop(module_name)
