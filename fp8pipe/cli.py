@@ -1,4 +1,4 @@
-"""Command line: generate, quantize, policy, plan (fp8pipe.memory) and bench (fp8pipe.bench).
+"""Command line: generate, quantize, policy, plan (fp8pipe.memory), bench (fp8pipe.bench), soak and load (fp8pipe.soak).
 
 Errors a user can fix (a bad model path, a setting out of range) print one clear message
 and exit with status 2; no traceback.
@@ -141,9 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench import add_bench_command
     from .memory import add_plan_command
+    from .soak import add_soak_commands
 
     add_plan_command(sub)
     add_bench_command(sub)
+    add_soak_commands(sub)
     return parser
 
 
