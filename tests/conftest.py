@@ -179,3 +179,18 @@ def advanced_app():
     yield url, state
     demo.close()
     state.engine.close()
+
+
+def hold_at_denoise(engine):
+    """(running, release): the engine's next job stops at its denoise stage until `release` is set."""
+    import threading
+
+    running, release = threading.Event(), threading.Event()
+
+    def hold(stage):
+        if stage == "denoise":
+            running.set()
+            release.wait(30)
+
+    engine.fault_hook = hold
+    return running, release

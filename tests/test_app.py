@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from conftest import hold_at_denoise
 from gradio_client import Client
 from PIL import Image
 
@@ -82,14 +83,7 @@ def test_the_kiosk_rate_limit_holds_per_session(kiosk_app):
 
 def test_a_full_queue_is_a_clear_error_and_queued_work_still_completes(kiosk_app):
     url, state = kiosk_app
-    running, release = threading.Event(), threading.Event()
-
-    def hold(stage):
-        if stage == "denoise":
-            running.set()
-            release.wait(30)
-
-    state.engine.fault_hook = hold
+    running, release = hold_at_denoise(state.engine)
     try:
         first = Client(url, verbose=False).submit(prompt="one", steps=1, api_name="/generate")
         assert running.wait(30)

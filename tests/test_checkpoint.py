@@ -7,7 +7,7 @@ from conftest import TEST_TRANSFORMER, run_transformer, transformer_inputs
 from safetensors.torch import save_file
 from sai_layout import to_comfy_scaled_fp8, to_sai_layout
 
-from fp8pipe.checkpoint import MANIFEST, read_manifest, save_fp8_checkpoint
+from fp8pipe.checkpoint import read_manifest, save_fp8_checkpoint
 from fp8pipe.errors import ModelLoadError
 from fp8pipe.fp8 import FP8_DTYPE, TRANSFORMER_POLICY, FP8Linear, relative_l2
 from fp8pipe.generation import generate

@@ -4,29 +4,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import torch
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, hold_at_denoise
 from gradio_client import Client
 from PIL import Image
 
 from fp8pipe.generation import generate
 from fp8pipe.loader import LoadOptions, load_model
 from fp8pipe.requests import GenerationRequest
-
-
-def _hold_denoise(state):
-    running, release = threading.Event(), threading.Event()
-
-    def hold(stage):
-        if stage == "denoise":
-            running.set()
-            release.wait(30)
-
-    state.engine.fault_hook = hold
-    return running, release
 
 
 def test_out_of_memory_in_the_decode_falls_back_to_a_tiled_decode(monkeypatch):
@@ -47,7 +34,7 @@ def test_out_of_memory_in_the_decode_falls_back_to_a_tiled_decode(monkeypatch):
 
 def test_a_client_cancelling_mid_run_does_not_block_the_queue(advanced_app):
     url, state = advanced_app
-    running, release = _hold_denoise(state)
+    running, release = hold_at_denoise(state.engine)
     try:
         job = Client(url, verbose=False).submit(prompt="left behind", steps=2, api_name="/generate")
         assert running.wait(30)
@@ -61,7 +48,7 @@ def test_a_client_cancelling_mid_run_does_not_block_the_queue(advanced_app):
 
 def test_a_client_that_disappears_mid_run_does_not_block_the_queue(advanced_app):
     url, state = advanced_app
-    running, release = _hold_denoise(state)
+    running, release = hold_at_denoise(state.engine)
     gone = Client(url, verbose=False)
     try:
         gone.submit(prompt="a visitor who walks away", steps=2, api_name="/generate")
