@@ -279,7 +279,7 @@ def build_advanced(app: App):
                     batch = gr.Slider(1, 8, value=1, step=1, label="Batch count")
                     shift = gr.Slider(SHIFT_RANGE[0], SHIFT_RANGE[1], value=spec.shift, step=0.1, label="Shift")
                 go = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png")
+                dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png", elem_id="parameters-drop")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Images", columns=2, height=520, format="png", elem_id="result-gallery")
                 with gr.Row(visible=False) as compare_row:

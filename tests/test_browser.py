@@ -73,3 +73,24 @@ def test_advanced_compare_mode_shows_fp8_and_bf16_with_their_difference(browser,
     expect(page.get_by_text("psnr_db").first).to_be_visible(timeout=30_000)
     expect(page.locator("#diff-image img")).to_be_visible()
     page.close()
+
+
+def test_dropping_a_png_reads_its_parameters_back_into_the_settings(browser, advanced_app, tmp_path):
+    from PIL import Image
+
+    from fp8pipe.metadata import format_parameters, png_info
+
+    text = format_parameters("a purple moon", "fog", {"Steps": 12, "CFG scale": 6.5, "Seed": 777, "Size": "96x160"})
+    path = tmp_path / "made-elsewhere.png"
+    Image.new("RGB", (96, 160), (80, 0, 120)).save(path, pnginfo=png_info(text))
+    url, _ = advanced_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.locator("#parameters-drop input[type=file]").set_input_files(str(path))
+    expect(page.locator("#prompt textarea")).to_have_value("a purple moon", timeout=30_000)
+    expect(page.get_by_label("Seed", exact=True)).to_have_value("777")
+    expect(page.get_by_label("number input for Steps")).to_have_value("12")
+    expect(page.get_by_label("number input for Guidance")).to_have_value("6.5")
+    expect(page.get_by_label("number input for Width")).to_have_value("96")
+    expect(page.get_by_label("number input for Height")).to_have_value("160")
+    page.close()
