@@ -156,8 +156,29 @@ def add_soak_commands(subparsers) -> None:
     ld.set_defaults(func=lambda a: _report(run_load(a.url, a.clients, a.requests, a.steps), a.out))
 
 
+def run_facts(command: str | None = None) -> dict:
+    """What a reader needs to rerun and compare: the command, the machine, the versions."""
+    import platform
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    import diffusers
+    import gradio
+    import torch
+
+    return {
+        "command": command or "python -m fp8pipe " + shlex.join(sys.argv[1:]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "gradio": gradio.__version__, "python": platform.python_version()},
+    }
+
+
 def _report(result: dict, out: str | None) -> int:
-    text = json.dumps(result, indent=2)
+    text = json.dumps({**run_facts(), **result}, indent=2)
     print(text)
     if out:
         with open(out, "w") as f:
