@@ -343,7 +343,8 @@ def _pretrained_components(location: str, t5: str) -> dict:
     """Every component but the transformer, from a diffusers folder or hub id (safetensors only)."""
     from diffusers import StableDiffusion3Pipeline
 
-    kwargs = {"transformer": None, "use_safetensors": True}
+    # bf16 as SD3.5 stores them (lossless): T5-XXL never sits in fp32 on the host on its way in.
+    kwargs = {"transformer": None, "use_safetensors": True, "torch_dtype": torch.bfloat16}
     if t5 == "drop":
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
     try:
