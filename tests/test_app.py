@@ -48,7 +48,7 @@ def test_bad_inputs_come_back_as_errors_that_name_the_field(advanced_app, fields
 def test_the_server_keeps_serving_after_a_bad_request(advanced_app):
     url, _ = advanced_app
     client = Client(url, verbose=False)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="width: must be"):
         client.predict(prompt="a red ball", width=7, api_name="/generate")
     image, _ = client.predict(prompt="a red ball", steps=1, api_name="/generate")
     assert Image.open(image).size == (128, 128)
