@@ -31,6 +31,21 @@ TEST_TRANSFORMER = {
     "sample_size": 16,
     "pos_embed_max_size": 16,
 }
+DEMO_SPEC = specs.SPECS["demo"]
+DEMO_SIDE = DEMO_SPEC.resolution  # the demo model's native size, the cpu-demo preset's default
+
+
+def size_error(limits) -> str:
+    """What a size outside `limits` is told (see GenerationRequest.create)."""
+    return f"must be {limits.min_size} to {limits.max_size} in steps of {limits.size_multiple}"
+
+
+def demo_app_limits():
+    from fp8pipe.presets import load_preset
+
+    return load_preset("cpu-demo").limits_for(DEMO_SPEC)
+
+
 TEST_SPEC = dataclasses.replace(specs.SPECS["demo"], name="tiny-test", resolution=64, min_resolution=32, steps=4, transformer_config=TEST_TRANSFORMER)
 
 

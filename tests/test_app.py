@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from conftest import hold_at_denoise
+from conftest import DEMO_SIDE, DEMO_SPEC, demo_app_limits, hold_at_denoise, size_error
 from gradio_client import Client
 from PIL import Image
 
@@ -14,7 +14,7 @@ def test_generate_returns_a_png_with_parameters_and_stats_using_preset_defaults(
     url, _ = advanced_app
     image, stats = Client(url, verbose=False).predict(prompt="a red ball", seed=3, api_name="/generate")
     png = Image.open(image)
-    assert png.format == "PNG" and png.size == (128, 128)  # cpu-demo's default size
+    assert png.format == "PNG" and png.size == (DEMO_SIDE, DEMO_SIDE)  # cpu-demo's default size
     params = parse_parameters(png.text["parameters"])
     assert params["prompt"] == "a red ball" and params["Seed"] == "3" and params["Steps"] == "8"
     assert stats["seed"] == 3 and stats["steps"] == 8 and stats["precision"] == "fp8" and "latency_s" in stats
@@ -32,9 +32,9 @@ def test_the_same_seed_through_the_api_gives_the_same_image(advanced_app):
     "fields, message",
     [
         ({"prompt": ""}, "prompt: must not be empty"),
-        ({"width": 100}, "width: must be 64 to 256 in steps of 8; got 100"),
-        ({"steps": 0}, "steps: must be a whole number from 1 to 50"),
-        ({"guidance": -1}, "guidance: must be a number from 0 to 15.0"),
+        ({"width": 100}, f"width: {size_error(demo_app_limits())}; got 100"),
+        ({"steps": 0}, f"steps: must be a whole number from 1 to {demo_app_limits().max_steps}"),
+        ({"guidance": -1}, f"guidance: must be a number from 0 to {demo_app_limits().max_guidance}"),
         ({"seed": -5}, "seed: must be a whole number from 0 to 4294967295"),
         ({"seed": 1.5}, "seed: must be a whole number"),
     ],
@@ -51,12 +51,12 @@ def test_the_server_keeps_serving_after_a_bad_request(advanced_app):
     with pytest.raises(Exception, match="width: must be"):
         client.predict(prompt="a red ball", width=7, api_name="/generate")
     image, _ = client.predict(prompt="a red ball", steps=1, api_name="/generate")
-    assert Image.open(image).size == (128, 128)
+    assert Image.open(image).size == (DEMO_SIDE, DEMO_SIDE)
 
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"steps": 10}, "steps: must be a whole number from 1 to 4"), ({"width": 256}, "width: must be 64 to 128")],
+    [({"steps": 10}, "steps: must be a whole number from 1 to 4"), ({"width": 256}, f"width: must be {DEMO_SPEC.min_resolution} to 128 in steps")],
 )
 def test_a_kiosk_request_over_the_presets_limits_is_refused_at_the_api(kiosk_app, fields, message):
     url, _ = kiosk_app

@@ -9,6 +9,7 @@ from gradio_client import Client
 from safetensors.torch import save_file
 
 import app as webapp
+from conftest import demo_app_limits, size_error
 from fp8pipe.cli import main as cli
 
 TOO_LONG = "x" * 10_000
@@ -21,7 +22,7 @@ class Case:
     message: str  # the start of the error, after "error: " on the CLI
 
 
-SIZE = "must be 64 to 256 in steps of 8"
+SIZE = size_error(demo_app_limits())  # the cpu-demo preset serves the API; the CLI has the same range
 CASES = [
     Case("prompt", "", "prompt: must not be empty"),
     Case("prompt", "   \t  ", "prompt: must not be empty"),

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import size_error
+
 from fp8pipe.engine import Cancelled, Engine, OutOfMemory, latent_preview
 from fp8pipe.loader import load_model
+from fp8pipe.requests import Limits
 
 SMALL = {"steps": 2, "width": 64, "height": 64}
 
@@ -190,7 +193,7 @@ def test_pool_evicts_the_least_recently_used_pipeline_when_the_budget_is_full():
 def test_bad_request_fields_name_the_field_and_range(engine):
     from fp8pipe.requests import RequestError
 
-    with pytest.raises(RequestError, match=r"width: must be 64 to 256 in steps of 8; got 100"):
+    with pytest.raises(RequestError, match=f"width: {size_error(Limits.for_spec(engine.spec_for('demo')))}; got 100"):
         engine.request(prompt="x", width=100)
     with pytest.raises(RequestError, match=r"batch: must be a whole number from 1 to 8"):
         engine.request(prompt="x", batch=0)

@@ -7,7 +7,7 @@ import sys
 import time
 
 import torch
-from conftest import ROOT, free_port, hold_at_denoise
+from conftest import DEMO_SIDE, ROOT, demo_app_limits, free_port, hold_at_denoise
 from gradio_client import Client
 from PIL import Image
 
@@ -29,7 +29,7 @@ def test_out_of_memory_in_the_decode_falls_back_to_a_tiled_decode(monkeypatch):
     monkeypatch.setattr(vae, "decode", decode_needing_tiles)
     result = generate(loaded, GenerationRequest.create(loaded.spec, "a red ball", seed=1, steps=2))
     assert result.stats["decode_fallback"] == "tiled" and vae.use_tiling
-    assert result.image.size == (128, 128)
+    assert result.image.size == (DEMO_SIDE, DEMO_SIDE)
 
 
 def test_a_client_cancelling_mid_run_does_not_block_the_queue(advanced_app):
@@ -43,7 +43,7 @@ def test_a_client_cancelling_mid_run_does_not_block_the_queue(advanced_app):
         state.engine.fault_hook = None
         release.set()
     image, stats = Client(url, verbose=False).predict(prompt="next visitor", steps=1, seed=4, api_name="/generate")
-    assert Image.open(image).size == (128, 128) and stats["seed"] == 4
+    assert Image.open(image).size == (DEMO_SIDE, DEMO_SIDE) and stats["seed"] == 4
 
 
 def test_a_client_that_disappears_mid_run_does_not_block_the_queue(advanced_app):
@@ -78,7 +78,7 @@ def test_the_app_restarts_cleanly_after_being_killed_mid_run():
     port = free_port()
     proc = _start(port)
     try:
-        Client(f"http://127.0.0.1:{port}/", verbose=False).submit(prompt="interrupted", steps=50, width=256, height=256, api_name="/generate")
+        Client(f"http://127.0.0.1:{port}/", verbose=False).submit(prompt="interrupted", steps=demo_app_limits().max_steps, width=demo_app_limits().max_size, height=demo_app_limits().max_size, api_name="/generate")
         time.sleep(1.0)  # the job is running
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
