@@ -2,8 +2,9 @@
 
 Four checks per picture, each 0 or 1, averaged:
 - background: the median border color is nearest to the asked background;
-- color: the median color of the shape region (pixels far from the background) is nearest
-  to the asked color;
+- color: the median color of the shape region is nearest to the asked color. The region is
+  the largest connected set of pixels farther from the background than half the picture's
+  (robust) largest distance from it, so soft or blurred edges do not move it;
 - shape: the region's bounding-box fill and the share of it in the box's top half are
   nearest to the asked shape's (circle ~0.79/0.5, square 1.0/0.5, triangle 0.5/0.3, star
   0.4/0.4; prototypes measured on rendered pictures);
@@ -20,7 +21,7 @@ import numpy as np
 from . import data
 
 CHECKS = ("background", "color", "shape", "position")
-REGION_DISTANCE = 80.0  # RGB distance from the background that counts as "shape"
+MIN_CONTRAST = 40.0  # RGB distance from the background below which nothing is there
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,23 @@ def _prototypes() -> dict[str, tuple[float, float]]:
     out = {}
     for shape in data.SHAPES:
         feats = [shape_features(_region(np.asarray(data.render(data.Scene(shape, "red", "white"), seed), dtype=float),
-                                        np.array(data.BACKGROUNDS["white"], dtype=float))) for seed in range(8)]
+                                        np.array(data.BACKGROUNDS["white"], dtype=float))[0]) for seed in range(8)]
         out[shape] = tuple(float(v) for v in np.mean(feats, axis=0))
     return out
 
 
-def _region(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum((pixels - background) ** 2, axis=-1)) > REGION_DISTANCE
+def _region(pixels: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the shape's mask, its core: the pixels well inside, for reading the color)."""
+    from scipy import ndimage
+
+    distance = np.sqrt(np.sum((pixels - background) ** 2, axis=-1))
+    peak = float(np.percentile(distance, 99.5))
+    if peak < MIN_CONTRAST:
+        return np.zeros(distance.shape, bool), np.zeros(distance.shape, bool)
+    labels, n = ndimage.label(distance > peak / 2)
+    sizes = ndimage.sum(np.ones_like(distance), labels, index=range(1, n + 1))
+    mask = labels == 1 + int(np.argmax(sizes))
+    return mask, mask & (distance > peak * 0.75)
 
 
 _PROTOTYPES: dict[str, tuple[float, float]] | None = None
@@ -74,11 +85,11 @@ def read_picture(image) -> Reading:
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     bg_rgb = np.median(border, axis=0)
     background = _nearest(bg_rgb, data.BACKGROUNDS)
-    mask = _region(pixels, bg_rgb)
+    mask, core = _region(pixels, bg_rgb)
     area = float(mask.mean())
     if mask.sum() < 0.002 * h * w:  # nothing there
         return Reading(background, None, None, None, area)
-    color = _nearest(np.median(pixels[mask], axis=0), data.COLORS)
+    color = _nearest(np.median(pixels[core], axis=0), data.COLORS)
     feats = shape_features(mask)
     shape = min(_PROTOTYPES, key=lambda s: math.dist(feats, _PROTOTYPES[s]))
     ys, xs = np.nonzero(mask)

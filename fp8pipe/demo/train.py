@@ -41,7 +41,7 @@ class TrainConfig:
     seed: int = 0
     images: int = 12000
     # VAE: trained on random crops (it is convolutional), which is 4x cheaper than whole pictures
-    vae_steps: int = 500
+    vae_steps: int = 3000
     vae_batch: int = 16
     vae_crop: int = 32
     vae_lr: float = 1e-3
@@ -55,10 +55,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema: float = 0.998
     drop_caption: float = 0.1  # trains the empty prompt, which classifier-free guidance needs
-    max_minutes: float = 0.0  # stop the transformer stage early after this long (0: never)
-    log_every: int = 50
+    max_minutes: float = 50.0  # stop the transformer stage early after this long (0: never)
+    log_every: int = 25
     save_every: int = 500
-    threads: int = 2
+    threads: int = 1  # on a 2-core machine shared with other work, one thread ran faster than two
     stage: str = "all"  # all | vae | transformer
 
 
