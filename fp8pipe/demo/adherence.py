@@ -6,8 +6,8 @@ Four checks per picture, each 0 or 1, averaged:
   the largest connected set of pixels farther from the background than half the picture's
   (robust) largest distance from it, so soft or blurred edges do not move it;
 - shape: the region's bounding-box fill and the share of it in the box's top half are
-  nearest to the asked shape's (circle ~0.79/0.5, square 1.0/0.5, triangle 0.5/0.3, star
-  0.4/0.4; prototypes measured on rendered pictures);
+  nearest to the asked shape's (circle ~0.8/0.47, square 1.0/0.49, triangle 0.53/0.25, star
+  0.43/0.45 at the medium size; prototypes measured on rendered pictures of each size);
 - position: the region's centroid is nearest to the asked spot.
 """
 
@@ -48,13 +48,15 @@ def shape_features(mask: np.ndarray) -> tuple[float, float]:
     return fill, top
 
 
-def _prototypes() -> dict[str, tuple[float, float]]:
-    """Each shape's features, averaged over clean renders at the medium size."""
+def _prototypes() -> dict[tuple[str, str], tuple[float, float]]:
+    """Each (shape, size)'s features, averaged over clean renders: small shapes are coarser."""
     out = {}
+    background = np.array(data.BACKGROUNDS["white"], dtype=float)
     for shape in data.SHAPES:
-        feats = [shape_features(_region(np.asarray(data.render(data.Scene(shape, "red", "white"), seed), dtype=float),
-                                        np.array(data.BACKGROUNDS["white"], dtype=float))[0]) for seed in range(8)]
-        out[shape] = tuple(float(v) for v in np.mean(feats, axis=0))
+        for size in data.SIZES:
+            renders = [np.asarray(data.render(data.Scene(shape, "red", "white", size=size), seed), dtype=float) for seed in range(8)]
+            feats = [shape_features(_region(r, background)[0]) for r in renders]
+            out[shape, size] = tuple(float(v) for v in np.mean(feats, axis=0))
     return out
 
 
@@ -72,7 +74,7 @@ def _region(pixels: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.
     return mask, mask & (distance > peak * 0.75)
 
 
-_PROTOTYPES: dict[str, tuple[float, float]] | None = None
+_PROTOTYPES: dict[tuple[str, str], tuple[float, float]] | None = None
 
 
 def read_picture(image) -> Reading:
@@ -91,7 +93,7 @@ def read_picture(image) -> Reading:
         return Reading(background, None, None, None, area)
     color = _nearest(np.median(pixels[core], axis=0), data.COLORS)
     feats = shape_features(mask)
-    shape = min(_PROTOTYPES, key=lambda s: math.dist(feats, _PROTOTYPES[s]))
+    shape = min(_PROTOTYPES, key=lambda k: math.dist(feats, _PROTOTYPES[k]))[0]
     ys, xs = np.nonzero(mask)
     centroid = ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h)
     position = min(data.POSITIONS, key=lambda p: math.dist(centroid, data.POSITIONS[p]))
