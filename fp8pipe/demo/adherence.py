@@ -5,9 +5,9 @@ Four checks per picture, each 0 or 1, averaged:
 - color: the median color of the shape region is nearest to the asked color. The region is
   the largest connected set of pixels farther from the background than half the picture's
   (robust) largest distance from it, so soft or blurred edges do not move it;
-- shape: the region's bounding-box fill and the share of it in the box's top half are
-  nearest to the asked shape's (circle ~0.8/0.47, square 1.0/0.49, triangle 0.53/0.25, star
-  0.43/0.45 at the medium size; prototypes measured on rendered pictures of each size);
+- shape: the region's bounding-box fill, and the shares of it in the box's top half and
+  bottom quarter, are nearest to the asked shape's (a triangle is heavy at the bottom, a star
+  light; prototypes measured on rendered pictures of each size);
 - position: the region's centroid is nearest to the asked spot.
 """
 
@@ -39,16 +39,17 @@ def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
     return min(palette, key=lambda name: float(np.sum((rgb - np.array(palette[name], dtype=float)) ** 2)))
 
 
-def shape_features(mask: np.ndarray) -> tuple[float, float]:
-    """(fill of the bounding box, share of the region in the box's top half)."""
+def shape_features(mask: np.ndarray) -> tuple[float, float, float]:
+    """(fill of the bounding box, share of the region in the box's top half, and in its bottom quarter)."""
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     fill = len(ys) / ((y1 - y0) * (x1 - x0))
     top = float(np.mean(ys + 0.5 < (y0 + y1) / 2))
-    return fill, top
+    bottom = float(np.mean(ys + 0.5 > y0 + 0.75 * (y1 - y0)))
+    return fill, top, bottom
 
 
-def _prototypes() -> dict[tuple[str, str], tuple[float, float]]:
+def _prototypes() -> dict[tuple[str, str], tuple[float, ...]]:
     """Each (shape, size)'s features, averaged over clean renders: small shapes are coarser."""
     out = {}
     background = np.array(data.BACKGROUNDS["white"], dtype=float)
@@ -74,7 +75,7 @@ def _region(pixels: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.
     return mask, mask & (distance > peak * 0.75)
 
 
-_PROTOTYPES: dict[tuple[str, str], tuple[float, float]] | None = None
+_PROTOTYPES: dict[tuple[str, str], tuple[float, ...]] | None = None
 
 
 def read_picture(image) -> Reading:
