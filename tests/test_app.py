@@ -13,7 +13,7 @@ def test_generate_returns_a_png_with_parameters_and_stats_using_preset_defaults(
     url, _ = advanced_app
     image, stats = Client(url, verbose=False).predict(prompt="a red ball", seed=3, api_name="/generate")
     png = Image.open(image)
-    assert png.format == "PNG" and png.size == (128, 128)  # cpu-demo's default size
+    assert png.format == "PNG" and png.size == (64, 64)  # cpu-demo's default size, the demo model's native one
     params = parse_parameters(png.text["parameters"])
     assert params["prompt"] == "a red ball" and params["Seed"] == "3" and params["Steps"] == "8"
     assert stats["seed"] == 3 and stats["steps"] == 8 and stats["precision"] == "fp8" and "latency_s" in stats
