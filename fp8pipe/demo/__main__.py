@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--limit", type=int, default=0, help="score only the first N held-out prompts (0: all)")
     e.add_argument("--precisions", default="fp32,bf16,fp8")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--save", action="store_true", help="write eval.json into the shipped model folder and refresh its model card")
     g = sub.add_parser("grid", help="a grid of the demo model's pictures")
     g.add_argument("--out", default="docs/demo_grid.png")
     g.add_argument("--model", default="demo")
@@ -40,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         from .adherence import evaluate
 
         report = evaluate(args.model, precisions=tuple(args.precisions.split(",")), limit=args.limit)
-        print(json.dumps(report if args.json else report, indent=None if args.json else 2))
+        print(json.dumps(report, indent=None if args.json else 2))
+        if args.save:
+            from .train import MODEL_DIR, rewrite_model_card
+
+            (MODEL_DIR / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+            print(rewrite_model_card(MODEL_DIR), file=sys.stderr)
         return 0
     if args.command == "grid":
         from .adherence import write_grid
