@@ -163,7 +163,7 @@ def evaluate(model: str = "demo", precisions: tuple[str, ...] = ("fp32", "bf16",
 
 
 def write_grid(out: str, model: str = "demo", precision: str = "fp8", columns: int = 8) -> str:
-    """A labelled grid of pictures: the held-out prompts first, then training-style prompts."""
+    """A labelled grid of pictures (fp8 by default): one per held-out triple, then seen combinations."""
     from pathlib import Path
 
     from PIL import Image, ImageDraw
@@ -175,16 +175,17 @@ def write_grid(out: str, model: str = "demo", precision: str = "fp8", columns: i
             ("triangle", "red", "black", "left"), ("star", "blue", "gray", "right"))
     ]
     images = _generate_all(model, precision, scenes)
-    cell, label = 128, 30
+    cell, label = 128, 44
     rows = math.ceil(len(images) / columns)
     grid = Image.new("RGB", (columns * cell, rows * (cell + label)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for i, (img, scene) in enumerate(zip(images, scenes)):
         x, y = (i % columns) * cell, (i // columns) * (cell + label)
         grid.paste(img.resize((cell, cell), Image.NEAREST), (x, y))
-        words = data.eval_prompt(scene).replace(" background", "").split(" on a ")
-        draw.text((x + 3, y + cell + 2), words[0][:24], fill=(0, 0, 0))
-        draw.text((x + 3, y + cell + 15), ("on " + words[1])[:24] + (" *" if scene.held_out else ""), fill=(0, 0, 0))
+        lines = (f"a {scene.color} {scene.shape}", data.POSITION_PHRASES[scene.position][0],
+                 f"on {scene.background}" + ("  (held out)" if scene.held_out else ""))
+        for j, line in enumerate(lines):
+            draw.text((x + 3, y + cell + 2 + 13 * j), line, fill=(0, 0, 0))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
