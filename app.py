@@ -244,6 +244,7 @@ def build_kiosk(app: App):
 
 
 def build_advanced(app: App):
+    from fp8pipe.loader import demo_model_shipped
     from fp8pipe.metadata import parse_parameters
     from fp8pipe.presets import available_presets, load_preset
     from fp8pipe.requests import MAX_SEED, SHIFT_RANGE
@@ -253,8 +254,8 @@ def build_advanced(app: App):
     precisions = ["fp8", "bf16", "fp16", "fp32"]
     with gr.Blocks(title="fp8pipe", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"## fp8pipe: {app.model} ({preset.name})")
-        if app.spec.random_weights and app.model == "demo":
-            gr.Markdown("The embedded demo model has **random weights** for now: its images are noise patterns.")
+        if app.model == "demo" and not demo_model_shipped():
+            gr.Markdown("The trained demo model is missing from this install: the demo runs with **random weights**, its images are noise.")
         with gr.Row():
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.max_prompt_chars)

@@ -38,7 +38,7 @@ def _load(args):
     options = LoadOptions(precision=args.precision, t5=args.t5, fp8_path=args.fp8_path, device=args.device, base=args.base)
     loaded = load_model(args.model, options)
     if loaded.random_weights:
-        print("note: the demo model has random weights (no trained demo model is shipped yet): images are noise patterns.", file=sys.stderr)
+        print("note: the demo model has random weights (the trained demo model is missing from this checkout): images are noise patterns.", file=sys.stderr)
     return loaded
 
 

@@ -8,6 +8,7 @@ sits on the GPU, and an FP8 checkpoint never becomes BF16 anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterable
@@ -38,6 +39,8 @@ T5_MODES = ("16bit", "fp8", "cpu", "drop")
 FP8_PATH_CHOICES = ("auto", "scaled_mm", "upcast")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The demo model trained by fp8pipe/demo/train.py, shipped in the package (safetensors).
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo" / "model"
 
 
 @dataclass(frozen=True)
@@ -327,7 +330,15 @@ def _spec_for(name: str, config: dict, folder: Path) -> ModelSpec:
     )
 
 
+def demo_model_shipped() -> bool:
+    return (DEMO_MODEL_DIR / "model_index.json").is_file()
+
+
 def _demo_components(spec: ModelSpec, with_t5: bool) -> dict:
+    """The shipped demo model's components (transformer excluded), or, when the package has no
+    trained model, a seeded random tiny pipeline's (transformer included)."""
+    if demo_model_shipped():
+        return _pretrained_components(str(DEMO_MODEL_DIR), "16bit" if with_t5 else "drop")
     from .tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(spec, seed=0, with_t5=with_t5).components
@@ -405,8 +416,13 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
     if source.kind == "demo":
         spec = SPECS["demo"]
         components = _demo_components(spec, with_t5=options.t5 != "drop")
-        config = dict(spec.transformer_config)
-        tensors = components.pop("transformer").state_dict().items()
+        if demo_model_shipped():
+            config = _transformer_config(DEMO_MODEL_DIR)
+            tensors = ckpt.iter_safetensors(ckpt.safetensors_files(DEMO_MODEL_DIR / "transformer"))
+        else:  # a checkout without the trained model: say that its pictures are noise
+            spec = dataclasses.replace(spec, random_weights=True)
+            config = dict(spec.transformer_config)
+            tensors = components.pop("transformer").state_dict().items()
     elif source.kind == "single_file":
         layout, state = ckpt.read_single_file_transformer(Path(source.location))
         candidates = [s.transformer_config for s in SPECS.values()]

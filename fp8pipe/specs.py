@@ -80,18 +80,19 @@ _SD35_MEDIUM_TRANSFORMER = {
     "dual_attention_layers": list(range(13)),
 }
 
-# The embedded demo model: the same architecture, tiny. Widths are multiples of 16 so
-# every quantized layer can take the scaled-matmul path.
+# The embedded demo model: the same architecture, tiny, trained by fp8pipe/demo/train.py on
+# 64 px pictures (VAE 4x -> 16x16 latents -> 8x8 patches). Widths are multiples of 16 so every
+# quantized layer can take the scaled-matmul path.
 DEMO_TRANSFORMER = {
-    "sample_size": 32,
+    "sample_size": 16,
     "patch_size": 2,
     "in_channels": 16,
     "out_channels": 16,
-    "num_layers": 2,
-    "attention_head_dim": 16,
+    "num_layers": 4,
+    "attention_head_dim": 32,
     "num_attention_heads": 4,
     "joint_attention_dim": 64,
-    "caption_projection_dim": 64,
+    "caption_projection_dim": 128,
     "pooled_projection_dim": 64,
     "pos_embed_max_size": 32,
     "qk_norm": "rms_norm",
@@ -103,7 +104,7 @@ DEMO_VAE_CONFIG = {
     "up_block_types": ["UpDecoderBlock2D"] * 3,
     "block_out_channels": [32, 64, 64],
     "layers_per_block": 1,
-    "sample_size": 128,
+    "sample_size": 64,
 }
 DEMO_CLIP_CONFIG = {
     "hidden_size": 32,
@@ -193,11 +194,11 @@ SPECS: dict[str, ModelSpec] = {
             transformer_config=DEMO_TRANSFORMER,
             steps=8,
             guidance=4.5,
-            resolution=128,
+            resolution=64,
             min_resolution=64,
             max_resolution=256,
             max_sequence_length=32,
-            random_weights=True,
+            random_weights=False,
             vae_config=DEMO_VAE_CONFIG,
             clip_l_config=DEMO_CLIP_CONFIG,
             clip_g_config=DEMO_CLIP_CONFIG,
