@@ -219,7 +219,7 @@ def random_pipeline(
 
 def cpu_refusal(spec: ModelSpec, device: torch.device, options: "BenchOptions") -> str | None:
     """Why a full-size model will not run on the CPU (None where it may)."""
-    if device.type == "cpu" and not spec.random_weights and not options.cpu_full_size:
+    if device.type == "cpu" and spec.hub_id is not None and not options.cpu_full_size:  # the SD3.5 families, not the demo
         return f"{spec.name} is full-size and the device is the CPU (use a GPU, --arch tiny, or --cpu-full-size)"
     return None
 
