@@ -36,12 +36,12 @@ def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browse
     page.locator("#start-button").click()
     prompt = page.locator("#prompt textarea")
     expect(prompt).to_be_visible()
-    prompt.fill("a red circle on a blue background")
+    prompt.fill("a red circle in the center on a white background")
     page.locator("#generate-button").click()
     expect(page.locator("#result-image img")).to_be_visible(timeout=60_000)
     expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
     DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "kiosk.png"))
+    page.screenshot(path=str(DOCS / "kiosk.png"), full_page=True)
     # Nobody touches it: after idle_seconds (10 s in the test preset) it resets itself.
     expect(page.locator("#attract")).to_be_visible(timeout=30_000)
     expect(page.locator("#kiosk-main")).to_be_hidden()
@@ -54,7 +54,7 @@ def test_advanced_mode_generates_and_shows_stats(browser, advanced_app):
     url, _ = advanced_app
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
-    page.locator("#prompt textarea").fill("a yellow star")
+    page.locator("#prompt textarea").fill("a yellow square in the center on a black background")
     page.locator("#generate-button").click()
     expect(page.locator("#result-gallery img").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text("latency_s").first).to_be_visible(timeout=30_000)
