@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import math
 import platform
 import time
@@ -300,7 +301,9 @@ def write_model(pipe, out: Path, step: int, cfg: TrainConfig, minutes: float) ->
         tiny.round_to_bf16_(module)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
-    record = {"steps": step, "config": asdict(cfg), "minutes": round(minutes, 2), "torch": torch.__version__,
+    # Paths as the command line gave them, never this machine's absolute ones.
+    config = {k: (v if k not in ("out", "work") else os.path.relpath(v) if os.path.isabs(str(v)) else v) for k, v in asdict(cfg).items()}
+    record = {"steps": step, "config": config, "minutes": round(minutes, 2), "torch": torch.__version__,
               "device": "cpu", "threads": torch.get_num_threads()}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(pipe, out, record))
