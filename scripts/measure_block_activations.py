@@ -1,6 +1,6 @@
 """Measure one SD3.5 Large MMDiT block's working memory on the CPU (float32, random weights)
 and express it in the planner's unit: D-wide tensors per token.
-Usage: python scripts/measure_block_activations.py [fp8|fp32] [image_px] [scaled_mm|upcast]
+Usage: PYTHONPATH=. python scripts/measure_block_activations.py [fp8|fp32] [image_px] [scaled_mm|upcast]
 
 Measured (2 CPU cores, torch 2.13; peak resident set, reset just before the call):
 fp32 512 px 171 MiB = 13.6 widths per token (memory.BLOCK_ACTIVATION_WIDTHS is 14);
@@ -16,15 +16,7 @@ import torch
 from fp8pipe.fp8 import TRANSFORMER_POLICY, swap_linears_to_fp8
 from fp8pipe.specs import SPECS
 
-def reset_peak_rss() -> None:
-    """Linux: restart the process's peak resident set (VmHWM) from the current one."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_and_peak() -> tuple[int, int]:
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+from peak_rss import reset_peak_rss, rss_and_peak  # noqa: E402 (beside this script)
 
 
 torch.set_num_threads(1)

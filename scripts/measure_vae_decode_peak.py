@@ -1,5 +1,5 @@
 """Measure the SD3.5 VAE decode's peak memory on the CPU (fp32, random weights) against the
-planner's model. Usage: python scripts/measure_vae_decode_peak.py 512
+planner's model. Usage: PYTHONPATH=. python scripts/measure_vae_decode_peak.py 512
 
 Measured (2 CPU cores, torch 2.13; peak resident set, reset just before the decode):
 256 px 315 MiB, 512 px 961 MiB above the baseline: about 860 float32 channels per pixel plus
@@ -13,15 +13,7 @@ from diffusers import AutoencoderKL
 from fp8pipe.specs import SD35_VAE_CONFIG
 
 
-def reset_peak_rss() -> None:
-    """Linux: restart the process's peak resident set (VmHWM) from the current one."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_and_peak() -> tuple[int, int]:
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+from peak_rss import reset_peak_rss, rss_and_peak  # noqa: E402 (beside this script)
 
 
 torch.set_num_threads(1)
