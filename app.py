@@ -108,16 +108,21 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
         raise _as_gradio_error(e) from None
 
 
-def _final(app: App, stream):
-    """Drain a stream to its Result; save its images; returns (paths, result)."""
+def _keep(app: App, result) -> list[Path]:
+    """Save a result's PNGs and remember them for the slideshow and history."""
     from fp8pipe.service import save_png
 
+    paths = save_png(result, app.outputs)
+    app.recent.extendleft(str(p) for p in paths)
+    return paths
+
+
+def _final(app: App, stream):
+    """Drain a stream to its Result; save its images; returns (paths, result)."""
     result = None
     for item in stream:
         result = item
-    paths = save_png(result, app.outputs)
-    app.recent.extendleft(str(p) for p in paths)
-    return paths, result
+    return _keep(app, result), result
 
 
 def _stats(result, extra: dict | None = None) -> dict:
@@ -196,10 +201,7 @@ def build_kiosk(app: App):
                     yield picture, f"Step {item.step} of {item.total}", time.time()
                 else:
                     result = item
-            from fp8pipe.service import save_png
-
-            paths = save_png(result, app.outputs)
-            app.recent.extendleft(str(p) for p in paths)
+            paths = _keep(app, result)
             yield str(paths[0]), f"Done in {result.stats['latency_s']:.1f} s", time.time()
 
         for trigger in (go.click, prompt.submit):
@@ -291,7 +293,8 @@ def build_advanced(app: App):
         def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, request: gr.Request):
             import secrets
 
-            from fp8pipe.service import difference_image, psnr
+            from fp8pipe.fp8 import psnr
+            from fp8pipe.service import difference_image
 
             first_seed = secrets.randbelow(MAX_SEED + 1) if rand else s
             images, all_stats = [], []

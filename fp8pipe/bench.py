@@ -11,7 +11,6 @@ transformer with the BF16 one it was quantized from, on identical inputs.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -29,8 +28,10 @@ from torch import nn
 
 from . import fp8 as fp8_mod
 from .flops import passes_per_step, text_tokens, transformer_pass_work
-from .fp8 import FP8_DTYPE, T5_POLICY, TRANSFORMER_POLICY, FP8Linear, choose_path, swap_linears_to_fp8
+from .fp8 import FP8_DTYPE, T5_POLICY, TRANSFORMER_POLICY, FP8Linear, choose_path, relative_l2, swap_linears_to_fp8
+from .generation import free_memory
 from .loader import _empty_transformer, cast_io_to, component_dtype, resolve_device, transformer_compute_dtype
+from .memory import parse_size  # one reading of sizes project-wide: binary units, 8GB == 8GiB
 from .specs import SPECS, ModelSpec, find_spec
 
 GIB = 2**30
@@ -311,17 +312,6 @@ def host_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def parse_size(text: str) -> int:
-    """'8GiB', '8G', '7.5GB', '8192MiB' or a byte count -> bytes (GB/MB are decimal, GiB/G binary)."""
-    units = {"gib": GIB, "g": GIB, "gb": 10**9, "mib": 2**20, "m": 2**20, "mb": 10**6, "kib": 1024, "kb": 1000, "b": 1, "": 1}
-    t = text.strip().lower().replace(" ", "")
-    number = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(number) :]
-    if unit not in units or not number:
-        raise ValueError(f"cannot read the size {text!r}; write e.g. 8GiB")
-    return int(float(number) * units[unit])
-
-
 def apply_vram_limit(limit: int | None, device: torch.device) -> dict:
     """Cap this process's CUDA allocations at `limit` bytes, so a large card behaves like a small one."""
     if limit is None:
@@ -356,12 +346,6 @@ class BenchOptions:
     min_warmup_s: float = 10.0
     cpu_full_size: bool = False  # full-size models on the CPU take minutes per image and all the RAM
     seed: int = 0
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -407,7 +391,7 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     if available is not None and sum(row["weight_bytes"].values()) > HOST_USABLE * available:
         need = sum(row["weight_bytes"].values()) / GIB
         return {**row, "status": "skipped", "error": f"the weights need {need:.1f} GiB of host RAM; {available / GIB:.1f} GiB is available"}
-    _free(device)
+    free_memory(device)
     host_resettable = reset_host_peak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -467,7 +451,7 @@ def run_case(case: Case, options: BenchOptions) -> dict:
         if timer is not None:
             timer.remove()
         pipe = transformer = timer = None
-        _free(device)
+        free_memory(device)
     row["peak_host_bytes"] = host_peak_bytes()
     row["peak_host_kind"] = "case (VmHWM reset per case)" if host_resettable else "process lifetime (VmHWM could not be reset)"
     if row.get("status") == "ok":
@@ -497,12 +481,6 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 # ---- fidelity ----------------------------------------------------------------------------
-
-
-def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float32 (b is the reference)."""
-    a, b = a.float(), b.float()
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp(min=1e-30)).item()
 
 
 @torch.inference_mode()
@@ -557,7 +535,7 @@ def fidelity(spec: ModelSpec, resolution: int, steps: int, guidance: float, devi
     per_step = [relative_l2(predict(latents, t), pred) for latents, t, pred in reference]
     _, final_fp8 = denoise()
     del model
-    _free(device)
+    free_memory(device)
     return {
         "model": spec.name,
         "resolution": resolution,
@@ -686,7 +664,7 @@ def run_bench(cases: list[Case], options: BenchOptions, vram_limit: int | None =
                 fid.append(fidelity(resolve_arch(c.arch), c.resolution, c.steps, c.guidance, device, options.seed, options.fp8_path))
             except Exception as e:
                 fid.append({"model": resolve_arch(c.arch).name, "resolution": c.resolution, "steps": c.steps, "guidance": c.guidance, "error": f"{type(e).__name__}: {e}"[:300]})
-            _free(device)
+            free_memory(device)
     limit = apply_vram_limit(vram_limit, device)
     rows = []
     for i, case in enumerate(cases, 1):

@@ -250,3 +250,15 @@ def relative_l2(x: torch.Tensor, reference: torch.Tensor) -> float:
     """||x - reference|| / ||reference||, in float64: the fidelity measure used throughout."""
     x, reference = x.double(), reference.double()
     return float((x - reference).norm() / reference.norm().clamp(min=1e-30))
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio of two 8-bit pictures (PIL or arrays), in dB (inf when identical)."""
+    import math
+
+    import numpy as np
+
+    x = np.asarray(a.convert("RGB") if hasattr(a, "convert") else a, dtype=np.float64)
+    y = np.asarray(b.convert("RGB") if hasattr(b, "convert") else b, dtype=np.float64)
+    mse = float(((x - y) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)

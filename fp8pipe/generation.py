@@ -76,7 +76,7 @@ def use_shift(pipe, shift: float) -> None:
 def run_stages(loaded: LoadedModel, request: GenerationRequest, on_step=None, enter_stage=None) -> tuple[list, dict]:
     """Encode, denoise, decode, each timed; returns (PIL images, seconds per stage).
 
-    The seed drives a CPU generator, as in `generation.generate`, so the images are the same.
+    The seed drives a CPU generator, so a seed gives the same starting noise on every device.
     `on_step(pipe, step, timestep, latents)` runs after each step and may set
     `pipe._interrupt`; `enter_stage(name)` is called as each stage starts.
     """

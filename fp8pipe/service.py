@@ -102,11 +102,3 @@ def difference_image(a, b, gain: float = 4.0):
     x, y = np.asarray(a.convert("RGB"), dtype=np.float32), np.asarray(b.convert("RGB"), dtype=np.float32)
     diff = np.abs(x - y)
     return Image.fromarray(np.clip(diff * gain, 0, 255).astype(np.uint8)), float(diff.mean())
-
-
-def psnr(a, b) -> float:
-    import numpy as np
-
-    x, y = np.asarray(a.convert("RGB"), dtype=np.float64), np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

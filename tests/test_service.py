@@ -5,7 +5,8 @@ from PIL import Image
 
 from fp8pipe.presets import parse_preset
 from fp8pipe.requests import RequestError
-from fp8pipe.service import RateLimiter, Refused, build_request, difference_image, psnr
+from fp8pipe.fp8 import psnr
+from fp8pipe.service import RateLimiter, Refused, build_request, difference_image
 from fp8pipe.specs import SPECS
 
 PRESET = parse_preset(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..fp8 import psnr
 from . import data
 
 CHECKS = ("background", "color", "shape", "position")
@@ -116,13 +117,6 @@ def score(image, scene: data.Scene) -> dict[str, float]:
 # ---- the eval --------------------------------------------------------------------------
 
 EVAL_SEED = 1234
-
-
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio of two 8-bit pictures, in dB (inf when identical)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def _generate_all(model: str, precision: str, scenes: list[data.Scene]):
