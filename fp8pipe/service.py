@@ -59,7 +59,7 @@ def build_request(preset: Preset, spec: ModelSpec, prompt, style: str | None = N
         raise Refused(FRIENDLY_MESSAGE)
     suffix = next((s.suffix for s in preset.styles if s.name == style), "")
     defaults = preset.defaults_for(spec)
-    merged = {k: (defaults[k] if fields.get(k) is None and k in defaults else fields.get(k)) for k in {*defaults, *fields}}
+    merged = {**defaults, **{k: v for k, v in fields.items() if v is not None}}
     text = prompt + suffix if isinstance(prompt, str) and prompt.strip() else prompt
     return GenerationRequest.create(spec, prompt=text, limits=preset.limits_for(spec), **merged)
 
