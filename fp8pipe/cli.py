@@ -1,4 +1,4 @@
-"""Command line: generate, quantize, policy, plan (fp8pipe.memory), bench (fp8pipe.bench), soak and load (fp8pipe.soak).
+"""Command line: generate, quantize, policy, plan (fp8pipe.memory), bench (fp8pipe.bench), soak and load (fp8pipe.soak), check (fp8pipe.check).
 
 Errors a user can fix (a bad model path, a setting out of range) print one clear message
 and exit with status 2; no traceback.
@@ -140,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy)
 
     from .bench import add_bench_command
+    from .check import add_check_command
     from .memory import add_plan_command
     from .soak import add_soak_commands
 
     add_plan_command(sub)
     add_bench_command(sub)
     add_soak_commands(sub)
+    add_check_command(sub)
     return parser
 
 

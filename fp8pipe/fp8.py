@@ -61,10 +61,17 @@ TRANSFORMER_POLICY = FP8Policy()
 T5_POLICY = FP8Policy(quantize=("encoder.block.*",), keep=("*.DenseReluDense.wo",))
 
 
+# amax * (1/448) rather than amax / 448: CUDA divides a tensor by a Python scalar as a multiply
+# by its reciprocal and the CPU divides, so the scales (and E4M3 codes) differed by an ulp
+# between a checkpoint quantized on a GPU and one quantized on the host (seen on an H100).
+INV_FP8_MAX = 1.0 / FP8_MAX
+
+
 def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E4M3 weight, float32 scale per output row) with weight ~= q * scale[:, None]."""
+    """(E4M3 weight, float32 scale per output row) with weight ~= q * scale[:, None]; the same
+    bytes on every device."""
     w = weight.float()
-    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = (w.abs().amax(dim=1) * INV_FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
     q = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale
 
@@ -75,7 +82,7 @@ def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype)
 
 def _quantize_activation_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-row activation scaling; the clamp keeps outliers from overflowing to NaN."""
-    scale = (x2d.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+    scale = (x2d.abs().amax(dim=1, keepdim=True).float() * INV_FP8_MAX).clamp(min=1e-12)
     q = (x2d.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .loader import LoadedModel
+from .memory import VAE_TILE_OVERLAP, VAE_TILE_PIXELS
 from .metadata import format_parameters, png_info
 from .requests import GenerationRequest
 
@@ -128,22 +129,38 @@ def run_stages(loaded: LoadedModel, request: GenerationRequest, on_step=None, en
 
         enter_stage("decode")
         start = time.perf_counter()
-        vae = pipe.vae
-        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        try:
-            decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        except torch.OutOfMemoryError:
-            if getattr(vae, "use_tiling", False):
-                raise
-            # The denoised latents are kept: free what the failed decode held, decode in tiles.
-            free_memory(latents.device)
-            vae.enable_tiling()
-            timings["decode_fallback"] = "tiled"
-            decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        decoded = decode_latents(pipe.vae, latents, timings)
         images = pipe.image_processor.postprocess(decoded, output_type="pil")
         pipe.maybe_free_model_hooks()
         timings["decode_s"] = time.perf_counter() - start
     return images, timings
+
+
+def enable_vae_tiling(vae, tile_pixels: int = VAE_TILE_PIXELS) -> None:
+    """Decode in tiles of `tile_pixels`. SD3.5's VAE config says sample_size 1024, so diffusers'
+    default tiles would never split a 1024 px decode (found on a GPU: the fallback ran out of
+    memory again): set the tile size explicitly."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = tile_pixels
+    vae.tile_latent_min_size = tile_pixels // (2 ** (len(vae.config.block_out_channels) - 1))
+    vae.tile_overlap_factor = VAE_TILE_OVERLAP
+
+
+def decode_latents(vae, latents: torch.Tensor, timings: dict) -> torch.Tensor:
+    """The VAE decode of denoised latents; on out-of-memory, free what it held and decode in
+    tiles (kept on for later requests), noting `decode_fallback: tiled` in `timings`."""
+    latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+    try:
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    except torch.OutOfMemoryError:
+        if getattr(vae, "use_tiling", False):
+            raise
+    # Outside the except block, so the failed decode's frames (and their tensors) are gone
+    # before memory is freed; the denoised latents are kept.
+    free_memory(latents.device)
+    enable_vae_tiling(vae)
+    timings["decode_fallback"] = "tiled"
+    return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
 
 
 def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = False) -> Result:

@@ -85,7 +85,7 @@ class LoadedModel:
 
     @property
     def random_weights(self) -> bool:
-        return self.spec.random_weights and self.source_kind in ("demo", "fp8_checkpoint-demo")
+        return self.source_kind == "random" or (self.spec.random_weights and self.source_kind in ("demo", "fp8_checkpoint-demo"))
 
     def describe(self) -> dict:
         return {

@@ -351,12 +351,30 @@ def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Work
     }
 
 
+@functools.lru_cache(maxsize=1)
+def xformers_usable() -> bool:
+    """xformers imports AND runs its attention kernel on this GPU. A wheel built for another
+    torch imports fine but has no CUDA kernels (seen on an H100: xformers 0.0.35, built for
+    torch 2.10 cu128, under torch 2.11 cu130), so importing is not enough."""
+    import importlib.util
+
+    if importlib.util.find_spec("xformers") is None:
+        return False
+    try:
+        import torch
+        import xformers.ops
+
+        q = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+        xformers.ops.memory_efficient_attention(q, q, q)
+        return True
+    except Exception:
+        return False
+
+
 def choose_attention(device: str = "cuda", dtype_bits: int = 16) -> str:
     """xformers when importable on a GPU, else SDPA (flash / memory-efficient kernels choose
     themselves); 'sdpa-math' only where no fused kernel runs (fp32 on old cards)."""
-    import importlib.util
-
-    if device.startswith("cuda") and importlib.util.find_spec("xformers") is not None:
+    if device.startswith("cuda") and xformers_usable():
         return "xformers"
     if device.startswith("cuda") and dtype_bits == 32:
         return "sdpa-math"
@@ -658,12 +676,9 @@ def apply_plan_tiling(loaded, plan: Plan) -> dict:
     if not plan.vae_tiling:
         vae.disable_tiling()
         return {"vae_tiling": False}
-    vae.enable_tiling()
-    # SD3.5's VAE config says sample_size 1024, so its default tiles would never split a
-    # 1024 px decode: use smaller tiles.
-    vae.tile_sample_min_size = VAE_TILE_PIXELS
-    vae.tile_latent_min_size = VAE_TILE_PIXELS // loaded.spec.vae_scale_factor
-    vae.tile_overlap_factor = VAE_TILE_OVERLAP
+    from .generation import enable_vae_tiling
+
+    enable_vae_tiling(vae, VAE_TILE_PIXELS)
     return {"vae_tiling": True}
 
 

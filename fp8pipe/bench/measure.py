@@ -12,26 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import fp8 as fp8_mod
-from ..fp8 import FP8Linear
+from ..compiling import compile_transformer_, fuse_activation_quant_  # noqa: F401 (re-exported)
 
 GIB = 2**30
-
-
-def fuse_activation_quant_(model: nn.Module) -> int:
-    """Give every FP8Linear one compiled activation quantizer (amax, scale, clamp and cast in one
-    kernel instead of four); returns how many layers got it."""
-    fused = torch.compile(fp8_mod._quantize_activation_rows, dynamic=True)
-    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
-    for m in layers:
-        m.quantize_activation = fused
-    return len(layers)
-
-
-def compile_transformer_(model: nn.Module, mode: str = "default") -> None:
-    """Compile the transformer's forward in place; hooks (step timing, dtype casts) stay outside
-    the graph. mode "reduce-overhead" adds CUDA graphs on a GPU."""
-    model.forward = torch.compile(model.forward, mode=None if mode == "default" else mode, dynamic=False)
 
 
 class StepTimer:
@@ -96,7 +79,8 @@ def apply_vram_limit(limit: int | None, device: torch.device) -> dict:
     if device.type != "cuda":
         return {"requested_bytes": limit, "applied": False, "note": f"not applied: {device.type} device has no VRAM"}
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()  # torch 2.11 wants an index
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), index)
     return {"requested_bytes": limit, "applied": True, "note": f"cap {limit / GIB:.2f} GiB of {total / GIB:.2f} GiB (set_per_process_memory_fraction)"}
 
 

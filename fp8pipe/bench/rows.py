@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 import torch
@@ -47,6 +47,38 @@ class BenchOptions:
     min_warmup_s: float = 10.0
     cpu_full_size: bool = False  # full-size models on the CPU take minutes per image and all the RAM
     seed: int = 0
+    compile_scope: str = "blocks"  # blocks: regional compilation of each MMDiT block; whole: the forward
+    vram_budget: int | None = None  # placement "planned": the planner's VRAM budget (default: the cap, else free VRAM)
+
+
+def planned(case: Case, spec: ModelSpec, options: BenchOptions, device: torch.device):
+    """The planner's Plan for `case` under the run's VRAM budget (what the engine would choose)."""
+    from .. import memory
+
+    budget = options.vram_budget or memory.free_vram_bytes(str(device)) or 0
+    work = memory.Workload(case.resolution, case.resolution, 1, case.guidance > 1.0)
+    attention = memory.choose_attention(str(device))
+    return memory.plan_placement(spec, budget, memory.host_ram_bytes(), work, case.precision, attention, options.t5)
+
+
+def _build(case: Case, spec: ModelSpec, options: BenchOptions, device: torch.device, fp8_path: str | None, row: dict):
+    """A fresh random-weight pipeline placed as the case says; a planned case goes through the
+    engine's own plan -> load options -> apply_plan path."""
+    if case.placement != "planned":
+        make_on = torch.device("cpu") if case.placement == "model_offload" else device
+        pipe = random_pipeline(spec, case.precision, device, options.seed, options.t5, fp8_path or "upcast", make_on)
+        if case.placement == "model_offload":
+            pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    from .. import memory
+    from ..randomload import random_loader
+
+    plan = planned(case, spec, options, device)
+    row["plan"] = {"placement": plan.placement, "t5": plan.t5, "vae_tiling": plan.vae_tiling, "fits": plan.fits,
+                   "predicted_peak_vram_bytes": plan.predicted_peak_vram_bytes, "vram_budget_bytes": plan.vram_budget_bytes}  # fmt: skip
+    loaded = random_loader(spec.name, memory.load_options_for(plan, str(device), options.fp8_path), seed=options.seed)
+    row["applied"] = memory.apply_plan(loaded, plan)
+    return loaded.pipe
 
 
 def _synchronize(device: torch.device) -> None:
@@ -81,12 +113,12 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     device = resolve_device(options.device)
     fp8_path = choose_path(device, options.fp8_path) if case.precision == "fp8" else None
     row = {**asdict(case), "model": spec.name, "fp8_path": fp8_path, "t5": options.t5, "device": str(device), **case_work(case, spec, options.t5)}
-    if case.placement == "model_offload" and device.type != "cuda":
-        return {**row, "status": "skipped", "error": "model_offload needs a CUDA device"}
+    if case.placement in ("model_offload", "planned") and device.type != "cuda":
+        return {**row, "status": "skipped", "error": f"{case.placement} placement needs a CUDA device"}
     refusal = cpu_refusal(spec, device, options)
     if refusal:
         return {**row, "status": "skipped", "error": refusal}
-    make_on = torch.device("cpu") if case.placement == "model_offload" else device
+    make_on = torch.device("cpu") if case.placement != "resident" else device
     row["weight_bytes"] = pipeline_weight_bytes(spec, case.precision, device, options.t5)
     available = host_available_bytes() if make_on.type == "cpu" else None
     if available is not None and sum(row["weight_bytes"].values()) > HOST_USABLE * available:
@@ -99,9 +131,7 @@ def run_case(case: Case, options: BenchOptions) -> dict:
     pipe = transformer = timer = None
     try:
         start = time.perf_counter()
-        pipe = random_pipeline(spec, case.precision, device, options.seed, options.t5, fp8_path or "upcast", make_on)
-        if case.placement == "model_offload":
-            pipe.enable_model_cpu_offload(device=device)
+        pipe = _build(case, spec, options, device, fp8_path, row)
         _synchronize(device)
         row["load_s"] = time.perf_counter() - start
         transformer = pipe.transformer
@@ -110,7 +140,7 @@ def run_case(case: Case, options: BenchOptions) -> dict:
             fuse_activation_quant_(transformer)
         if case.compile:
             torch._dynamo.reset()  # each case compiles a new model: stay clear of the recompile limit
-            compile_transformer_(transformer, options.compile_mode)
+            row["compiled"] = compile_transformer_(transformer, options.compile_mode, regional=options.compile_scope == "blocks")
         timer = StepTimer(transformer, device)
         start = time.perf_counter()
         warmed = 0  # at least `warmup` images and `min_warmup_s` seconds: a busy or cold machine settles first
@@ -289,8 +319,11 @@ def make_cases(archs, precisions, resolutions, steps, guidance, placements, comp
     return cases
 
 
-def run_bench(cases: list[Case], options: BenchOptions, vram_limit: int | None = None, with_fidelity: bool = True, command: str = "", log=print) -> dict:
-    """Measure every case and the fidelity proxy; returns the report (JSON-ready dict)."""
+def run_bench(
+    cases: list[Case], options: BenchOptions, vram_limit: int | None = None, with_fidelity: bool = True, command: str = "", log=print, deadline: float | None = None
+) -> dict:
+    """Measure every case and the fidelity proxy; returns the report (JSON-ready dict). Cases not
+    started by `deadline` (a perf_counter reading) are reported as not run."""
     device = resolve_device(options.device)
     fid = []
     if with_fidelity and {"bf16", "fp8"} <= {c.precision for c in cases}:
@@ -318,10 +351,16 @@ def run_bench(cases: list[Case], options: BenchOptions, vram_limit: int | None =
                 fid.append({"model": resolve_arch(c.arch).name, "resolution": c.resolution, "steps": c.steps, "guidance": c.guidance, "error": f"{type(e).__name__}: {e}"[:300]})
             free_memory(device)
     limit = apply_vram_limit(vram_limit, device)
+    if vram_limit is not None and options.vram_budget is None:
+        options = replace(options, vram_budget=vram_limit)  # the planner plans for the cap it runs under
     rows = []
     for i, case in enumerate(cases, 1):
         log(f"[{i}/{len(cases)}] {case.arch} {case.precision} {case.resolution}px {case.steps} steps cfg {case.guidance} {case.placement} compile={case.compile} ...")
-        row = run_case(case, options)
+        if deadline is not None and time.perf_counter() > deadline:
+            spec = resolve_arch(case.arch)
+            row = {**asdict(case), "model": spec.name, "fp8_path": None, **case_work(case, spec, options.t5), "status": "not run", "error": "time budget spent"}
+        else:
+            row = run_case(case, options)
         log(f"    {row['status']}" + (f": step {row['step_time_s'] * 1000:.1f} ms, image {row['latency_s']:.2f} s" if row["status"] == "ok" else f": {row.get('error', '')}"))
         rows.append(row)
     add_ratios(rows)

@@ -83,16 +83,19 @@ def _computed_buffer(module: nn.Module, attr: str, t: torch.Tensor, device, dtyp
 def materialize_random_(model: nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
     """Replace every meta tensor of `model` by a random one made on `device` in its final dtype.
 
-    Tied parameters stay tied; buffers are computed (position tables, position ids).
+    Tied parameters stay tied; buffers are computed (position tables, position ids). For the
+    host, when a GPU is present, each tensor is drawn there and copied over: one generator
+    thread on the CPU took minutes for Large's 8 GB (seen on an H100 machine).
     """
-    gen = torch.Generator(device).manual_seed(seed)
+    make = torch.device("cuda") if device.type == "cpu" and torch.cuda.is_available() else device
+    gen = torch.Generator(make).manual_seed(seed)
     made: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for attr, t in list(module._parameters.items()):
             if t is None or not t.is_meta:
                 continue
             if id(t) not in made:
-                made[id(t)] = nn.Parameter(_random_param(module, attr, t, device, dtype, gen), requires_grad=False)
+                made[id(t)] = nn.Parameter(_random_param(module, attr, t, make, dtype, gen).to(device), requires_grad=False)
             module._parameters[attr] = made[id(t)]
         for attr, t in list(module._buffers.items()):
             if t is not None and t.is_meta:

@@ -1,0 +1,90 @@
+"""`python -m fp8pipe check` on a machine without CUDA: the GPU stages say why they were
+skipped, the tests stage shows `pytest -m gpu` collecting its tests and skipping them, and
+every stage writes its JSON and markdown report with the machine's facts and the command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fp8pipe.check import runner, stages
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the behaviour without a GPU")
+
+
+def test_gpu_stages_are_skipped_with_the_reason_and_reports_are_written(tmp_path):
+    out = tmp_path / "check"
+    done = subprocess.run(
+        [sys.executable, "-m", "fp8pipe", "check", "--stages", "probe,kiosk", "--out", str(out), "--limit-s", "120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for stage in ("probe", "kiosk", "summary"):
+        report = json.loads((out / f"{stage}.json").read_text())
+        assert report["environment"]["torch"] == torch.__version__
+        assert "python -m fp8pipe check --stages probe,kiosk" in report["command"]
+        assert (out / f"{stage}.md").read_text().startswith(f"# fp8pipe check: {stage}")
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["status"] == "skipped" and "needs a CUDA GPU" in probe["summary"][0]
+    assert "needs a CUDA GPU" in done.stdout
+
+
+def test_the_tests_stage_collects_the_gpu_tests_and_skips_them():
+    report = stages.stage_tests({"budget_s": 240})
+    tests = report["data"]["tests"]
+    assert report["status"] == "skipped"
+    assert len(tests) >= 5 and all(t["outcome"] == "skipped" for t in tests)
+    assert all("needs a CUDA GPU" in t["message"] for t in tests)
+
+
+def test_a_stage_that_writes_no_report_is_a_failure_not_a_pass(tmp_path, monkeypatch):
+    class Exited:
+        returncode, stdout, stderr = 1, "", "boom"
+
+    monkeypatch.setattr(runner.subprocess, "run", lambda *a, **k: Exited())
+    summary = runner.run_check(["tests"], tmp_path, {"command": "x"}, limit_s=60, log=lambda _: None)
+    assert summary["status"] == "failed"
+    assert json.loads((tmp_path / "tests.json").read_text())["status"] == "failed"
+
+
+def test_a_stage_past_its_limit_is_reported_as_timeout(tmp_path, monkeypatch):
+    def too_slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], kwargs["timeout"], output=b"half way")
+
+    monkeypatch.setattr(runner.subprocess, "run", too_slow)
+    summary = runner.run_check(["bench"], tmp_path, {"command": "x"}, limit_s=45, log=lambda _: None)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert summary["status"] == "failed" and report["status"] == "timeout"
+    assert "45 s limit" in report["summary"][0]
+
+
+@pytest.mark.parametrize("argv, message", [(["--stages", "tests,warp"], "--stages takes"), (["--soak-requests", "0"], "--soak-requests"), (["--limit-s", "5"], "--limit-s")])
+def test_bad_check_options_name_the_option(argv, message):
+    done = subprocess.run([sys.executable, "-m", "fp8pipe", "check", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_device_wheels_script_names_exactly_what_the_gpu_image_lacks():
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "device_wheels.sh").read_text()
+    pinned = [line.split('"')[1] for line in script.splitlines() if line.strip().startswith('"') and "==" in line]
+    assert [p.split("==")[0] for p in pinned] == ["diffusers", "importlib_metadata", "lazy-importer", "xformers"]
+    assert "--only-binary=:all:" in script and "--python-version 3.12" in script and "64 * 1048576" in script
+
+
+def test_device_wheels_resolve_and_stay_under_64_mib(tmp_path):
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device_wheels.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "whl")], capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheels = sorted(p.name for p in (tmp_path / "whl").glob("*.whl"))
+    assert len(wheels) == 4 and sum(p.stat().st_size for p in (tmp_path / "whl").iterdir()) < 64 * 2**20
