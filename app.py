@@ -247,7 +247,7 @@ def build_kiosk(app: App):
 
 def build_advanced(app: App):
     from fp8pipe.loader import demo_model_shipped
-    from fp8pipe.metadata import parse_parameters
+    from fp8pipe.metadata import form_fields
     from fp8pipe.presets import available_presets, load_preset
     from fp8pipe.requests import MAX_SEED, SHIFT_RANGE
 
@@ -326,26 +326,11 @@ def build_advanced(app: App):
         )
 
         def read_parameters(image):
-            if image is None or "parameters" not in getattr(image, "info", {}):
+            if image is None or not isinstance(getattr(image, "info", {}).get("parameters"), str):
                 return [gr.update()] * 7
-            p = parse_parameters(image.info["parameters"])
-            size = p.get("Size", "x").split("x")
-
-            def number(key, cast):
-                try:
-                    return cast(p[key])
-                except (KeyError, ValueError):
-                    return gr.update()
-
-            return (
-                p.get("prompt", gr.update()),
-                p.get("negative_prompt", ""),
-                number("Steps", int),
-                number("CFG scale", float),
-                number("Seed", int),
-                int(size[0]) if size[0].isdigit() else gr.update(),
-                int(size[1]) if len(size) > 1 and size[1].isdigit() else gr.update(),
-            )
+            p = form_fields(image.info["parameters"])
+            order = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height")
+            return tuple(p.get(name, gr.update()) for name in order)
 
         def apply_preset(name):
             """A shipped preset's defaults, clamped to this app's limits (which stay in force)."""
