@@ -80,6 +80,17 @@ class OutOfMemory(RuntimeError):
     """Out of memory even after stepping down; the message says what was tried."""
 
 
+_DEVICE_FAILURES = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "illegal memory access")
+
+
+def proves_broken(error: BaseException) -> bool:
+    """True when `error` says the device (and so the pipeline's state on it) failed, not the request."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    return any(marker in str(error) for marker in _DEVICE_FAILURES)
+
+
 def latent_preview(latents: torch.Tensor):
     """A PIL preview of the first latent of a batch (1/8 of the image's size): one matmul."""
     from PIL import Image
@@ -386,9 +397,12 @@ class Engine:
             images, timings = run_stages(entry.loaded, job.request, on_step, enter)
         except (Cancelled, torch.OutOfMemoryError):
             raise
-        except Exception:
-            # Unknown failure mid-run: offload hooks may hold components on the GPU; drop it.
-            self._evict(entry.key, "failed")
+        except Exception as e:
+            # Only a failure that proves the pipeline broken (the device itself failed) drops it;
+            # anything else (an input the tokenizer cannot read, a bug in one request) keeps the
+            # warm pipeline, so one odd request cannot make the next visitor wait for a reload.
+            if proves_broken(e):
+                self._evict(entry.key, "failed")
             raise
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
