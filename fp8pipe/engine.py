@@ -203,6 +203,7 @@ class Engine:
         self._lock = threading.Lock()  # guards submit/close
         self._gpu = threading.Lock()  # one job, load or warm-up on the device at a time
         self._worker: threading.Thread | None = None
+        self._running: Job | None = None  # the job on the device now
         self._closed = False
 
     # ---- life cycle ----
@@ -231,11 +232,15 @@ class Engine:
                         raise OutOfMemory(f"out of memory warming up {model} ({precision}) even after stepping down") from e
                     self._step_down(model, precision, entry, "warmup", e)
 
-    def close(self, timeout: float | None = 30) -> None:
-        """Finish the running job, fail the queued ones with EngineClosed, free the pool."""
+    def close(self, timeout: float | None = 30, cancel_running: bool = False) -> bool:
+        """Finish the running job (or, with `cancel_running`, stop it at its next step), fail the
+        queued ones with EngineClosed, free the pool. Returns True when the worker has stopped."""
         with self._lock:
             self._closed = True
             self._queue.put(None)
+        running = self._running
+        if cancel_running and running is not None:
+            running.cancel()
         if self._worker is not None:
             self._worker.join(timeout)
         while True:
@@ -245,8 +250,11 @@ class Engine:
                 break
             if job is not None and not job.future.done():
                 job.future.set_exception(EngineClosed("the engine was closed before this job ran"))
-        for key in list(self._pool):
-            self._evict(key, "closed")
+        stopped = self._worker is None or not self._worker.is_alive()
+        if stopped:
+            for key in list(self._pool):
+                self._evict(key, "closed")
+        return stopped
 
     def __enter__(self) -> "Engine":
         return self
@@ -318,12 +326,15 @@ class Engine:
                 continue
             if not job.future.set_running_or_notify_cancel():
                 continue
+            self._running = job
             try:
                 with self._gpu:
                     result = self._run(job)
                 job.future.set_result(result)
             except BaseException as e:  # the worker must outlive any one job
                 job.future.set_exception(e)
+            finally:
+                self._running = None
 
     def _run(self, job: Job) -> Result:
         started = time.perf_counter()
