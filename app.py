@@ -26,6 +26,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 IDLE_CHECK_SECONDS = 2.0
 SLIDESHOW_SECONDS = 5.0
 HISTORY_SIZE = 24
+HEARTBEAT_SECONDS = 0.25  # a running event yields at least this often, so Gradio can stop it
 MAX_UPLOAD = "20mb"  # the advanced mode's PNG drop; the kiosk has no upload field and accepts none
 SESSION_CAPACITY = 500  # sessions whose state Gradio keeps (Gradio's default, 10000, can hold a gigabyte)
 GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
@@ -119,7 +120,7 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e) from None
     try:
-        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
+        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5, heartbeat=HEARTBEAT_SECONDS)
     except (RequestError, Refused, RuntimeError) as e:
         raise _as_gradio_error(e) from None
 
@@ -141,6 +142,7 @@ def _final(app: App, stream):
     """Drain a stream to its Result, yielding None at each step so that Gradio can stop a
     cancelled or disconnected event between steps (closing the stream cancels the job); the
     last item is (paths, result)."""
+    yield None  # before the job is submitted: from here on Gradio holds the event's iterator
     result = None
     for item in stream:
         result = item
@@ -224,7 +226,9 @@ def build_kiosk(app: App):
             yield gr.update(), "Starting...", time.time()
             result = None
             for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
-                if hasattr(item, "step"):
+                if item is None:  # a heartbeat: the event can be stopped here
+                    yield gr.skip(), gr.skip(), gr.skip()
+                elif hasattr(item, "step"):
                     picture = item.preview if item.preview is not None else gr.update()
                     yield picture, f"Step {item.step} of {item.total}", time.time()
                 else:

@@ -96,16 +96,23 @@ def build_request(preset: Preset, spec: ModelSpec, prompt, style: str | None = N
     return request
 
 
-def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool, t5: str | None = None) -> Iterator:
+def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool, t5: str | None = None, heartbeat: float | None = None) -> Iterator:
     """Submit `request` and yield each Progress, then the Result. Closing the generator early
-    (a client that went away) cancels the job, so it never blocks the queue."""
+    (a client that went away or cancelled) cancels the job, so it never blocks the queue.
+    With `heartbeat`, None is also yielded after that many seconds without progress (waiting in
+    the queue, a slow stage), so a web server gets the chance to close the generator."""
     updates: queue.Queue = queue.Queue()
     job = engine.submit(request, model=model, precision=precision, on_progress=updates.put, preview=preview, t5=t5)
+    quiet_since = time.monotonic()
     try:
         while not job.done():
             try:
                 yield updates.get(timeout=0.05)
+                quiet_since = time.monotonic()
             except queue.Empty:
+                if heartbeat is not None and time.monotonic() - quiet_since >= heartbeat:
+                    quiet_since = time.monotonic()
+                    yield None
                 continue
         yield job.result()
     finally:
