@@ -1,6 +1,6 @@
 """What the web app asks of the engine, without any UI: preset limits and defaults applied
-server-side, the prompt filter, the per-session rate limit, streaming a job's progress, and
-saving results as PNGs that keep their `parameters` chunk.
+server-side, the prompt filter, the per-address rate limit with its global ceiling, and
+streaming a job's progress. (The PNGs are kept by fp8pipe.outputs.)
 
 `app.py` turns these into Gradio events; nothing here imports Gradio.
 """
@@ -10,11 +10,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from .presets import Preset
 from .requests import GenerationRequest
@@ -118,19 +116,6 @@ def stream_job(engine, request: GenerationRequest, model: str, precision: str, p
     finally:
         if not job.done():
             job.cancel()
-
-
-def save_png(result, folder: Path) -> list[Path]:
-    """Every image of a result as a PNG with its parameters chunk; returns the paths."""
-    from .metadata import png_info
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for image in getattr(result, "images", None) or [result.image]:
-        path = folder / f"{uuid.uuid4().hex}.png"
-        image.save(path, format="PNG", pnginfo=png_info(result.parameters))
-        paths.append(path)
-    return paths
 
 
 def difference_image(a, b, gain: float = 4.0):
