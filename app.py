@@ -26,6 +26,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 IDLE_CHECK_SECONDS = 2.0
 SLIDESHOW_SECONDS = 5.0
 HISTORY_SIZE = 24
+HEARTBEAT_SECONDS = 0.25  # a running event yields at least this often, so Gradio can stop it
+MAX_UPLOAD = "20mb"  # the advanced mode's PNG drop; the kiosk has no upload field and accepts none
+SESSION_CAPACITY = 500  # sessions whose state Gradio keeps (Gradio's default, 10000, can hold a gigabyte)
 GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
 
 import gradio as gr  # noqa: E402
@@ -49,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    p.add_argument(
+        "--trusted-proxy-header",
+        default=None,
+        metavar="HEADER",
+        help="behind a reverse proxy you run (only then): the header it puts the client's address in, e.g. X-Forwarded-For; the rate limit counts by that address",
+    )
     args = p.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
         p.error("--auth must be USER:PASS with both parts non-empty")
@@ -69,14 +78,18 @@ class App:
     model: str
     kiosk: bool
     limiter: object
-    outputs: Path
+    outputs: object  # fp8pipe.outputs.OutputStore
+    proxy_header: str | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
 
 
-def session_key(request) -> str:
+def client_address(app: App, request) -> str:
+    """What the rate limit counts by: the client's address (a session id is the client's to choose)."""
+    from fp8pipe.service import client_key
+
     if request is None:
         return "local"
-    return getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", None) or "anonymous"
+    return client_key(getattr(getattr(request, "client", None), "host", None), getattr(request, "headers", None), app.proxy_header)
 
 
 def _as_gradio_error(e: Exception):
@@ -87,6 +100,10 @@ def _as_gradio_error(e: Exception):
         return gr.Error(str(e), title="Let's try something else")
     if isinstance(e, RequestError):
         return gr.Error(str(e), title=f"Invalid {e.field}")
+    from fp8pipe.outputs import SaveFailed
+
+    if isinstance(e, SaveFailed):
+        return gr.Error(str(e), title="Not saved")
     return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed")
 
 
@@ -99,30 +116,38 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
     try:
         spec = app.spec if model == app.model else app.engine.spec_for(model)
         req = build_request(app.preset, spec, prompt, style=style, **fields)
-        app.limiter.check(session_key(request))
+        app.limiter.check(client_address(app, request))
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e) from None
     try:
-        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
+        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5, heartbeat=HEARTBEAT_SECONDS)
     except (RequestError, Refused, RuntimeError) as e:
         raise _as_gradio_error(e) from None
 
 
 def _keep(app: App, result) -> list[Path]:
-    """Save a result's PNGs and remember them for the slideshow and history."""
-    from fp8pipe.service import save_png
+    """Save a result's PNGs (once, in the bounded output folder) and remember them for the
+    slideshow and history."""
+    from fp8pipe.outputs import SaveFailed
 
-    paths = save_png(result, app.outputs)
+    try:
+        paths = app.outputs.save(result)
+    except SaveFailed as e:
+        raise _as_gradio_error(e) from None
     app.recent.extendleft(str(p) for p in paths)
     return paths
 
 
 def _final(app: App, stream):
-    """Drain a stream to its Result; save its images; returns (paths, result)."""
+    """Drain a stream to its Result, yielding None at each step so that Gradio can stop a
+    cancelled or disconnected event between steps (closing the stream cancels the job); the
+    last item is (paths, result)."""
+    yield None  # before the job is submitted: from here on Gradio holds the event's iterator
     result = None
     for item in stream:
         result = item
-    return _keep(app, result), result
+        yield None
+    yield _keep(app, result), result
 
 
 def _stats(result, extra: dict | None = None) -> dict:
@@ -134,10 +159,15 @@ def _stats(result, extra: dict | None = None) -> dict:
 
 def api_generate(app: App):
     def generate(prompt, negative_prompt=None, seed=None, steps=None, guidance=None, width=None, height=None, request=None):
-        """One image. Settings left out take the preset's defaults; the preset's limits hold."""
+        """One image. Settings left out take the preset's defaults; the preset's limits hold.
+        A generator: between steps it yields nothing new (gr.skip), so a cancel stops the job."""
         fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
-        paths, result = _final(app, _run(app, prompt, request=request, **fields))
-        return str(paths[0]), _stats(result)
+        for done in _final(app, _run(app, prompt, request=request, **fields)):
+            if done is None:
+                yield gr.skip(), gr.skip()
+            else:
+                paths, result = done
+                yield str(paths[0]), _stats(result)
 
     return generate
 
@@ -196,7 +226,9 @@ def build_kiosk(app: App):
             yield gr.update(), "Starting...", time.time()
             result = None
             for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
-                if hasattr(item, "step"):
+                if item is None:  # a heartbeat: the event can be stopped here
+                    yield gr.skip(), gr.skip(), gr.skip()
+                elif hasattr(item, "step"):
                     picture = item.preview if item.preview is not None else gr.update()
                     yield picture, f"Step {item.step} of {item.total}", time.time()
                 else:
@@ -225,7 +257,7 @@ def build_kiosk(app: App):
                 if time.time() - since <= preset.idle_seconds:
                     return keep, keep, keep, keep, keep, keep, where, count
                 return gr.update(visible=True), gr.update(visible=False), "", None, "", keep, "attract", count
-            pictures = list(app.recent)
+            pictures = [p for p in app.recent if os.path.exists(p)]
             per_slide = max(1, round(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS))
             picture = pictures[(count // per_slide) % len(pictures)] if pictures and count % per_slide == 0 else keep
             return keep, keep, keep, keep, keep, picture, where, count + 1
@@ -247,7 +279,7 @@ def build_kiosk(app: App):
 
 def build_advanced(app: App):
     from fp8pipe.loader import demo_model_shipped
-    from fp8pipe.metadata import parse_parameters
+    from fp8pipe.metadata import form_fields
     from fp8pipe.presets import available_presets, load_preset
     from fp8pipe.requests import MAX_SEED, SHIFT_RANGE
 
@@ -306,7 +338,10 @@ def build_advanced(app: App):
                 results = []
                 for variant in variants:
                     stream = _run(app, text, precision=variant, request=request, model=chosen_model, t5=t5_mode, **fields)
-                    paths, result = _final(app, stream)
+                    for done in _final(app, stream):
+                        if done is None:
+                            yield (gr.skip(),) * 5  # a step: the event can be stopped here
+                    paths, result = done
                     images.append((str(paths[0]), f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s"))
                     results.append(result)
                     all_stats.append(_stats(result))
@@ -314,7 +349,7 @@ def build_advanced(app: App):
                     diff_image, mean = difference_image(results[0].image, results[1].image)
                     all_stats.append({"compare": {"mean_abs_diff": round(mean, 3), "psnr_db": round(psnr(results[0].image, results[1].image), 2)}})
                     compare_update = gr.update(visible=True)
-            return images, all_stats, list(app.recent), compare_update, diff_image
+            yield images, all_stats, list(app.recent), compare_update, diff_image
 
         go.click(
             run,
@@ -326,26 +361,11 @@ def build_advanced(app: App):
         )
 
         def read_parameters(image):
-            if image is None or "parameters" not in getattr(image, "info", {}):
+            if image is None or not isinstance(getattr(image, "info", {}).get("parameters"), str):
                 return [gr.update()] * 7
-            p = parse_parameters(image.info["parameters"])
-            size = p.get("Size", "x").split("x")
-
-            def number(key, cast):
-                try:
-                    return cast(p[key])
-                except (KeyError, ValueError):
-                    return gr.update()
-
-            return (
-                p.get("prompt", gr.update()),
-                p.get("negative_prompt", ""),
-                number("Steps", int),
-                number("CFG scale", float),
-                number("Seed", int),
-                int(size[0]) if size[0].isdigit() else gr.update(),
-                int(size[1]) if len(size) > 1 and size[1].isdigit() else gr.update(),
-            )
+            p = form_fields(image.info["parameters"])
+            order = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height")
+            return tuple(p.get(name, gr.update()) for name in order)
 
         def apply_preset(name):
             """A shipped preset's defaults, clamped to this app's limits (which stay in force)."""
@@ -367,17 +387,20 @@ def build_advanced(app: App):
 
 def _add_api(app: App) -> None:
     """Named endpoints for gradio_client: /generate (and /describe)."""
+    from fp8pipe.api_inputs import StrictNumber, StrictText
+
     with gr.Row(visible=False):
         # No initial values: a setting a client leaves out arrives as None and takes the
         # preset's default on the server, where the preset's limits also hold.
+        # Strict: a list as the prompt or true as guidance is refused, not coerced.
         inputs = [
-            gr.Textbox(label="prompt"),
-            gr.Textbox(label="negative_prompt", value=None),
-            gr.Number(label="seed", value=None, precision=None),
-            gr.Number(label="steps", value=None, precision=None),
-            gr.Number(label="guidance", value=None),
-            gr.Number(label="width", value=None, precision=None),
-            gr.Number(label="height", value=None, precision=None),
+            StrictText(label="prompt"),
+            StrictText(label="negative_prompt", value=None),
+            StrictNumber(label="seed", value=None, precision=None),
+            StrictNumber(label="steps", value=None, precision=None),
+            StrictNumber(label="guidance", value=None),
+            StrictNumber(label="width", value=None, precision=None),
+            StrictNumber(label="height", value=None, precision=None),
         ]
         outputs = [gr.Image(label="image", type="filepath", format="png"), gr.JSON(label="stats")]
         a_button, b_button = gr.Button(visible=False), gr.Button(visible=False)
@@ -395,11 +418,13 @@ def _add_api(app: App) -> None:
         request: gr.Request = None,
     ):
         """One image and its stats; left-out settings take the preset's defaults."""
-        return fn(prompt, negative_prompt, seed, steps, guidance, width, height, request=request)
+        yield from fn(prompt, negative_prompt, seed, steps, guidance, width, height, request=request)
 
     a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
     def describe():
+        if app.kiosk:  # a public kiosk tells strangers nothing about the machine
+            return {"kiosk": True, "ready": app.engine.ready.is_set()}
         return {"model": app.model, "preset": app.preset.name, "kiosk": app.kiosk, "engine": app.engine.describe()}
 
     b_button.click(describe, None, a_info, api_name="describe", queue=False)
@@ -410,24 +435,43 @@ def _add_api(app: App) -> None:
 
 def create_app(args) -> tuple[object, App]:
     """The Blocks and its App, with the engine started and warm."""
+    from gradio.utils import get_upload_folder
+
     from fp8pipe.engine import Engine
+    from fp8pipe.loader import resolve_device
+    from fp8pipe.outputs import OutputStore
     from fp8pipe.presets import load_preset
     from fp8pipe.service import RateLimiter
+    from fp8pipe.startup import check_port_free, check_writable_folder
 
     preset = load_preset(args.preset or ("kiosk-8gb" if args.kiosk and args.model not in (None, "demo") else "cpu-demo"))
     model = args.model or preset.model
+    # What can fail in a second fails before the minutes of loading a model.
+    check_port_free(args.host, args.port)
+    cache = check_writable_folder(get_upload_folder(), "Gradio's file cache (GRADIO_TEMP_DIR)")
+    check_writable_folder(tempfile.gettempdir(), "the temporary folder (TMPDIR)")
+    resolve_device(args.device)
+    known = _known_spec(model)
+    if known is not None:
+        preset.check_for(known)
     engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup, t5=preset.t5)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
-    outputs = Path(tempfile.mkdtemp(prefix="fp8pipe-outputs-"))
+    try:
+        preset.check_for(spec)
+    except ValueError:
+        engine.close()
+        raise
+    outputs = OutputStore.create(cache)
     app = App(
         engine=engine,
         preset=preset,
         spec=spec,
         model=model,
         kiosk=args.kiosk,
-        limiter=RateLimiter(preset.rate_limit_requests, preset.rate_limit_seconds),
+        limiter=RateLimiter(preset.rate_limit_requests, preset.rate_limit_seconds, preset.rate_limit_ceiling),
         outputs=outputs,
+        proxy_header=args.trusted_proxy_header,
     )
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
     if spaces is not None:  # ZeroGPU: the events that generate run with a GPU attached
@@ -436,6 +480,12 @@ def create_app(args) -> tuple[object, App]:
                 dep.fn = spaces.GPU(duration=120)(dep.fn)
     demo.queue(max_size=args.queue_size or preset.queue_size, default_concurrency_limit=1)
     return demo, app
+
+
+def _known_spec(model: str):
+    from fp8pipe.specs import find_spec
+
+    return find_spec(model)
 
 
 def launch_kwargs(args, app: App) -> dict:
@@ -447,6 +497,8 @@ def launch_kwargs(args, app: App) -> dict:
         show_error=True,
         footer_links=[] if args.kiosk else ["api", "gradio"],
         run_history=not args.kiosk,  # a shared kiosk must not show one visitor's images to the next
+        max_file_size=0 if args.kiosk else MAX_UPLOAD,  # the kiosk has no upload field: it accepts no file
+        state_session_capacity=SESSION_CAPACITY,
     )
     if args.kiosk:
         kwargs["css"] = KIOSK_CSS
@@ -464,13 +516,19 @@ def main(argv=None) -> int:
     from fp8pipe.errors import ModelLoadError
     from fp8pipe.presets import PresetError
 
+    from fp8pipe.startup import StartupError, exit_cleanly, stop_on_signals
+
     try:
         demo, app = create_app(args)
-    except (ModelLoadError, PresetError, ValueError) as e:
+    except (ModelLoadError, PresetError, StartupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"fp8pipe ready: model {app.model}, preset {app.preset.name}, {'kiosk' if app.kiosk else 'advanced'} mode", file=sys.stderr)
-    demo.launch(**launch_kwargs(args, app))
+    stop_on_signals()  # SIGTERM as Ctrl-C: Gradio closes the server, then the lines below run
+    try:
+        demo.launch(**launch_kwargs(args, app))
+    finally:
+        exit_cleanly(demo, app.engine, app.outputs)
     return 0
 
 

@@ -78,7 +78,15 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelLoadError(f"{MANIFEST} in {folder.name}/ is not a readable JSON file ({type(e).__name__})", tried=[str(path)], fix="re-run `python -m fp8pipe quantize`") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{MANIFEST} in {folder.name}/ is not a JSON object", tried=[str(path)], fix="re-run `python -m fp8pipe quantize`")
+    return data
 
 
 def _versions() -> dict:

@@ -42,6 +42,29 @@ def _load(args):
     return loaded
 
 
+def check_out_file(out: str) -> None:
+    """--out must name a file that can be written (checked before any model is loaded)."""
+    from pathlib import Path
+
+    if not out or not out.strip():
+        raise ValueError("--out: must name a PNG file, e.g. --out image.png")
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        raise ValueError(f"--out: {out} is a folder; name a file in it, e.g. {path / 'image.png'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: cannot write in {parent}; choose a folder you can write to")
+
+
+def resolve_device_flag(device: str) -> None:
+    """--device must name a device this machine has (checked before any model is loaded)."""
+    from .loader import resolve_device
+
+    resolve_device(device)
+
+
 def cmd_generate(args) -> int:
     from .generation import generate
     from .requests import GenerationRequest
@@ -60,13 +83,20 @@ def cmd_generate(args) -> int:
             shift=args.shift,
         )
 
+    check_out_file(args.out)
+    resolve_device_flag(args.device)
     known = find_spec(args.model)
     if known is not None:
         request_for(known)  # a bad setting fails before gigabytes of weights are read
     loaded = _load(args)
     request = request_for(loaded.spec)
     result = generate(loaded, request, progress=True)
-    path = result.save_png(args.out)
+    try:
+        path = result.save_png(args.out)
+    except OSError as e:
+        from .outputs import describe_os_error
+
+        raise ValueError(f"--out: could not write {args.out}: {describe_os_error(e)}; nothing was written") from None
     stats = {**result.stats, "load_s": round(loaded.load_seconds, 3), "out": str(path), "fp8": loaded.fp8.as_dict() if loaded.fp8 else None}
     if args.json:
         print(json.dumps(stats))

@@ -80,6 +80,17 @@ class OutOfMemory(RuntimeError):
     """Out of memory even after stepping down; the message says what was tried."""
 
 
+_DEVICE_FAILURES = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "illegal memory access")
+
+
+def proves_broken(error: BaseException) -> bool:
+    """True when `error` says the device (and so the pipeline's state on it) failed, not the request."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    return any(marker in str(error) for marker in _DEVICE_FAILURES)
+
+
 def latent_preview(latents: torch.Tensor):
     """A PIL preview of the first latent of a batch (1/8 of the image's size): one matmul."""
     from PIL import Image
@@ -192,6 +203,7 @@ class Engine:
         self._lock = threading.Lock()  # guards submit/close
         self._gpu = threading.Lock()  # one job, load or warm-up on the device at a time
         self._worker: threading.Thread | None = None
+        self._running: Job | None = None  # the job on the device now
         self._closed = False
 
     # ---- life cycle ----
@@ -220,11 +232,15 @@ class Engine:
                         raise OutOfMemory(f"out of memory warming up {model} ({precision}) even after stepping down") from e
                     self._step_down(model, precision, entry, "warmup", e)
 
-    def close(self, timeout: float | None = 30) -> None:
-        """Finish the running job, fail the queued ones with EngineClosed, free the pool."""
+    def close(self, timeout: float | None = 30, cancel_running: bool = False) -> bool:
+        """Finish the running job (or, with `cancel_running`, stop it at its next step), fail the
+        queued ones with EngineClosed, free the pool. Returns True when the worker has stopped."""
         with self._lock:
             self._closed = True
             self._queue.put(None)
+        running = self._running
+        if cancel_running and running is not None:
+            running.cancel()
         if self._worker is not None:
             self._worker.join(timeout)
         while True:
@@ -234,8 +250,11 @@ class Engine:
                 break
             if job is not None and not job.future.done():
                 job.future.set_exception(EngineClosed("the engine was closed before this job ran"))
-        for key in list(self._pool):
-            self._evict(key, "closed")
+        stopped = self._worker is None or not self._worker.is_alive()
+        if stopped:
+            for key in list(self._pool):
+                self._evict(key, "closed")
+        return stopped
 
     def __enter__(self) -> "Engine":
         return self
@@ -307,12 +326,15 @@ class Engine:
                 continue
             if not job.future.set_running_or_notify_cancel():
                 continue
+            self._running = job
             try:
                 with self._gpu:
                     result = self._run(job)
                 job.future.set_result(result)
             except BaseException as e:  # the worker must outlive any one job
                 job.future.set_exception(e)
+            finally:
+                self._running = None
 
     def _run(self, job: Job) -> Result:
         started = time.perf_counter()
@@ -386,9 +408,12 @@ class Engine:
             images, timings = run_stages(entry.loaded, job.request, on_step, enter)
         except (Cancelled, torch.OutOfMemoryError):
             raise
-        except Exception:
-            # Unknown failure mid-run: offload hooks may hold components on the GPU; drop it.
-            self._evict(entry.key, "failed")
+        except Exception as e:
+            # Only a failure that proves the pipeline broken (the device itself failed) drops it;
+            # anything else (an input the tokenizer cannot read, a bug in one request) keeps the
+            # warm pipeline, so one odd request cannot make the next visitor wait for a reload.
+            if proves_broken(e):
+                self._evict(entry.key, "failed")
             raise
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -11,7 +11,7 @@ import torch
 
 from .loader import LoadedModel
 from .memory import VAE_TILE_OVERLAP, VAE_TILE_PIXELS
-from .metadata import format_parameters, png_info
+from .metadata import format_parameters
 from .requests import GenerationRequest
 
 
@@ -28,10 +28,13 @@ class Result:
     images: list = field(default_factory=list)  # every image of a batch; `image` is the first
 
     def save_png(self, path: str | Path) -> Path:
+        """Write the first image with its parameters chunk, all or nothing (temp name, then rename);
+        a failure is an OSError and leaves no file."""
+        from .outputs import write_png_atomically
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.image.save(path, format="PNG", pnginfo=png_info(self.parameters))
-        return path
+        return write_png_atomically(self.image, path, self.parameters)
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:

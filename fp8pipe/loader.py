@@ -106,9 +106,16 @@ class LoadedModel:
 def resolve_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {name!r}", fix="use --device auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {name!r} was asked for but no CUDA GPU is available", fix="use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} GPU(s)", fix="use --device cuda:0")
     return device
 
 
@@ -254,6 +261,13 @@ def resolve_source(model: str) -> Source:
     if model == "demo":
         return Source("demo", "demo")
     path = Path(model).expanduser()
+    try:
+        path.resolve(strict=False)
+        path.exists()
+    except (RuntimeError, OSError) as e:  # a symlink loop, a name too long
+        reason = "a symlink loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == 40 else (getattr(e, "strerror", None) or type(e).__name__)
+        shown = model if len(model) <= 200 else model[:200] + "..."
+        raise ModelLoadError(f"model path {shown!r} cannot be followed ({reason})", tried=[shown], fix="pass the real folder or file (not a link loop), with a name the file system accepts") from None
     ckpt.refuse_pickle(path)
     if path.is_file():
         if path.suffix.lower() != ".safetensors":
@@ -297,13 +311,57 @@ def _hub_snapshot(repo_id: str, patterns: list[str]) -> Path:
         ) from None
 
 
-def _transformer_config(folder: Path) -> dict:
+# What a transformer config may ask for before anything is built: SD3.5 Large is 38 layers of
+# 24 x 64; these bounds leave room for larger models and refuse sizes that would never finish.
+CONFIG_BOUNDS = {
+    "num_layers": (1, 128),
+    "num_attention_heads": (1, 128),
+    "attention_head_dim": (1, 512),
+    "joint_attention_dim": (1, 16_384),
+    "caption_projection_dim": (1, 16_384),
+    "pooled_projection_dim": (1, 16_384),
+    "in_channels": (1, 64),
+    "out_channels": (1, 64),
+    "patch_size": (1, 8),
+    "sample_size": (1, 1024),
+    "pos_embed_max_size": (1, 1024),
+}
+MAX_MODEL_WIDTH = 16_384  # num_attention_heads x attention_head_dim
+
+
+def read_json_config(path: Path) -> dict:
+    """A JSON object from a model's config or manifest; a clear error naming the file otherwise."""
     import json
 
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelLoadError(f"{path.name} in {path.parent.name}/ is not a readable JSON file ({type(e).__name__})", tried=[str(path)], fix="restore the file from the model's source") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} in {path.parent.name}/ is not a JSON object", tried=[str(path)], fix="restore the file from the model's source")
+    return data
+
+
+def check_transformer_config(config: dict, where: str) -> dict:
+    """Refuse a config with missing, negative or absurd sizes before a model is built from it."""
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        value = config.get(key)
+        if value is None and key in ("out_channels", "pos_embed_max_size", "caption_projection_dim"):
+            continue  # optional in diffusers
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ModelLoadError(f"{where}: {key} = {value!r} is not allowed; it must be a whole number from {low} to {high}", fix="use the model's original config.json")
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    if width > MAX_MODEL_WIDTH:
+        raise ModelLoadError(f"{where}: num_attention_heads x attention_head_dim = {width} is more than {MAX_MODEL_WIDTH}", fix="use the model's original config.json")
+    return config
+
+
+def _transformer_config(folder: Path) -> dict:
     path = folder / "transformer" / "config.json"
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing", tried=[str(folder)], fix="the folder is not a complete SD3 pipeline")
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    config = {k: v for k, v in read_json_config(path).items() if not k.startswith("_")}
+    return check_transformer_config(config, "transformer/config.json")
 
 
 def _spec_for(name: str, config: dict, folder: Path) -> ModelSpec:
@@ -311,10 +369,11 @@ def _spec_for(name: str, config: dict, folder: Path) -> ModelSpec:
     known = find_spec(name) or spec_for_transformer_config(config)
     if known is not None:
         return known
-    import json
-
     vae_path = folder / "vae" / "config.json"
-    vae = json.loads(vae_path.read_text()) if vae_path.is_file() else SPECS["sd3.5-medium"].vae_config
+    vae = read_json_config(vae_path) if vae_path.is_file() else SPECS["sd3.5-medium"].vae_config
+    blocks = vae.get("block_out_channels")
+    if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8:
+        raise ModelLoadError(f"vae/config.json: block_out_channels = {blocks!r} is not allowed; it must be a list of 1 to 8 widths", fix="use the model's original config.json")
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     multiple = factor * config["patch_size"]
     return ModelSpec(

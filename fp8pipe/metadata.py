@@ -3,24 +3,36 @@
     <prompt>
     Negative prompt: <negative prompt>
     Steps: 28, CFG scale: 4.5, Seed: 42, Size: 1024x1024, Model: sd3.5-medium, Precision: fp8
+
+Reading it back is user input (anyone can drop a PNG): the text is capped at MAX_CHUNK_CHARS
+before it is looked at, and the parser is one pass of plain string splits (no regular
+expression that can backtrack), so its time is linear in the capped length. Numbers are
+read only when they are short runs of ASCII digits.
 """
 
 from __future__ import annotations
 
-import re
-
 from PIL.PngImagePlugin import PngInfo
 
 CHUNK = "parameters"
-_SETTING = re.compile(r"\s*([\w ]+):\s*([^,]+)")
+NEGATIVE = "Negative prompt:"
+MAX_CHUNK_CHARS = 64 * 1024  # two 2000-character prompts and the settings fit many times over
+MAX_NUMBER_DIGITS = 12
+_MAX_KEY_CHARS = 40
+
+
+def _one_line(text: str) -> str:
+    """A prompt on one line: a line break in it could otherwise forge the lines after it
+    ("...\\nNegative prompt: ...\\nSteps: 999"). Text encoders read a line break as a space."""
+    return " ".join(text.splitlines())
 
 
 def format_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:
     """The chunk's text: prompt, the negative prompt line, then one line of `Key: value` pairs."""
-    lines = [prompt]
+    lines = [_one_line(prompt)]
     if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in settings.items()))
+        lines.append(f"{NEGATIVE} {_one_line(negative_prompt)}")
+    lines.append(", ".join(f"{k}: {_one_line(str(v)).replace(',', ' ')}" for k, v in settings.items()))
     return "\n".join(lines)
 
 
@@ -30,16 +42,69 @@ def png_info(parameters: str) -> PngInfo:
     return info
 
 
+def _settings(line: str) -> dict | None:
+    """`Key: value, Key: value` as a dict (a part that is not `Key: value` belongs to the value
+    before it, as quoted lists of other tools do), or None when the line does not start so."""
+    parts: dict[str, list[str]] = {}
+    last, quoted = None, False
+    for part in line.split(","):
+        key, colon, value = part.partition(":")
+        key = key.strip()
+        if not quoted and colon and key and len(key) <= _MAX_KEY_CHARS and all(c.isalnum() or c in " _-" for c in key):
+            parts[key] = [value]
+            last = key
+        elif last is None:
+            return None
+        else:
+            parts[last].append(part)  # joined once at the end: repeated += would be quadratic
+        quoted ^= part.count('"') % 2 == 1  # inside "...": commas and colons belong to the value
+    return {key: ",".join(values).strip() for key, values in parts.items()}
+
+
 def parse_parameters(text: str) -> dict:
-    """Read the chunk back: {'prompt', 'negative_prompt', and each setting by its key}."""
+    """Read the chunk back: {'prompt', 'negative_prompt', and each setting by its key}.
+
+    Text beyond MAX_CHUNK_CHARS is not read."""
+    text = str(text)[:MAX_CHUNK_CHARS]
     lines = text.strip("\n").split("\n")
-    settings_line = lines.pop() if lines and _SETTING.match(lines[-1]) and "Steps:" in lines[-1] else ""
-    negative = [ln for ln in lines if ln.startswith("Negative prompt:")]
-    prompt_lines = [ln for ln in lines if not ln.startswith("Negative prompt:")]
-    result = {
-        "prompt": "\n".join(prompt_lines),
-        "negative_prompt": negative[0].removeprefix("Negative prompt:").strip() if negative else "",
-    }
-    for key, value in _SETTING.findall(settings_line):
-        result[key.strip()] = value.strip()
-    return result
+    settings = _settings(lines[-1]) if lines and "Steps:" in lines[-1] else None
+    if settings is not None:
+        lines.pop()
+    prompt_lines, negative = [], None
+    for line in lines:
+        if negative is None and line.startswith(NEGATIVE):
+            negative = [line[len(NEGATIVE) :].strip()]
+        elif negative is not None:
+            negative.append(line)  # a multi-line negative prompt from another tool
+        else:
+            prompt_lines.append(line)
+    return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative or []), **(settings or {})}
+
+
+def whole_number(text) -> int | None:
+    """An int from a short run of ASCII digits, else None (no superscripts, no 4300-digit numbers)."""
+    text = str(text).strip()
+    if not 0 < len(text) <= MAX_NUMBER_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def number(text) -> float | None:
+    """A finite float from a short plain decimal (digits, one point), else None."""
+    text = str(text).strip()
+    whole, _, fraction = text.partition(".")
+    if not whole or len(text) > MAX_NUMBER_DIGITS + 1 or whole_number(whole) is None or (fraction and whole_number(fraction) is None):
+        return None
+    return float(text)
+
+
+def form_fields(text: str) -> dict:
+    """The settings a form can take from a chunk, each present only when it reads cleanly:
+    prompt, negative_prompt, steps, guidance, seed, width, height."""
+    p = parse_parameters(text)
+    fields = {"prompt": p["prompt"], "negative_prompt": p["negative_prompt"]}
+    width, _, height = p.get("Size", "").partition("x")
+    for name, value in (("steps", whole_number(p.get("Steps", ""))), ("guidance", number(p.get("CFG scale", ""))), ("seed", whole_number(p.get("Seed", ""))), ("width", whole_number(width)), ("height", whole_number(height))):
+        if value is not None:
+            fields[name] = value
+    return fields

@@ -56,6 +56,7 @@ class Preset:
     idle_seconds: int = 90
     rate_limit_requests: int = 10
     rate_limit_seconds: int = 60
+    rate_limit_total: int | None = None  # over all clients together; None: 10 x requests
     queue_size: int = 16
     previews: bool = True
     source: str = "<built-in>"
@@ -70,6 +71,30 @@ class Preset:
             max_guidance=self.max_guidance,
             max_prompt_chars=self.max_prompt_chars,
         )
+
+    @property
+    def rate_limit_ceiling(self) -> int:
+        """Requests per window over all clients together (the global ceiling)."""
+        return self.rate_limit_total or 10 * self.rate_limit_requests
+
+    def check_for(self, spec: ModelSpec) -> None:
+        """Refuse (PresetError) a preset whose own defaults this model would refuse: limits that
+        leave no size, or default settings (the model's native size when the preset gives none)
+        outside the limits or off the size grid. Without this the server would start and then
+        refuse every request that leaves a setting out."""
+        from .requests import GenerationRequest, RequestError
+
+        limits = self.limits_for(spec)
+        if limits.min_size > limits.max_size:
+            raise PresetError(
+                f"{self.source}: [limits] sizes {self.min_size or spec.min_resolution} to {self.max_size or spec.max_resolution} "
+                f"leave nothing that {spec.name} supports ({spec.min_resolution} to {spec.max_resolution})"
+            )
+        try:
+            GenerationRequest.create(spec, prompt="x", seed=0, limits=limits, **self.defaults_for(spec))
+        except RequestError as e:
+            where = "[defaults]" if getattr(self, e.field, None) is not None else f"the model's default ({spec.name})"
+            raise PresetError(f"{self.source}: {where} {e}; set [defaults] {e.field} within the preset's [limits]") from None
 
     def defaults_for(self, spec: ModelSpec) -> dict:
         """Request fields a client may leave out: the preset's, else the model's recommendation."""
@@ -127,7 +152,10 @@ _LIMITS = {
     "max_size": _int_range(64, 4096),
     "max_prompt_chars": _int_range(1, MAX_PROMPT_CHARS),
 }
-_RATE = {"requests": _int_range(1, 10_000), "per_seconds": _int_range(1, 86_400)}
+_RATE = {"requests": _int_range(1, 10_000), "per_seconds": _int_range(1, 86_400), "total": _int_range(1, 1_000_000)}
+_STYLE = {"name": _text(64), "suffix": _text(300)}
+MAX_FILE_BYTES = 256 * 1024
+MAX_DEPTH = 8
 
 
 def _check_table(source: str, section: str, table, schema: dict) -> dict:
@@ -145,10 +173,16 @@ def _check_table(source: str, section: str, table, schema: dict) -> dict:
 
 def parse_preset(text: str, source: str) -> Preset:
     """A Preset from TOML text; `source` names the file in every error."""
+    if len(text) > MAX_FILE_BYTES:
+        raise PresetError(f"{source}: {len(text)} characters; a preset may have at most {MAX_FILE_BYTES}")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PresetError(f"{source}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)") from None
+    if _depth(data) > MAX_DEPTH:
+        raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)")
     sections = {"defaults": _DEFAULTS, "limits": _LIMITS, "rate_limit": _RATE}
     top = {k: v for k, v in data.items() if k not in sections and k != "styles"}
     _check_table(source, "", top, _TOP)
@@ -160,21 +194,40 @@ def parse_preset(text: str, source: str) -> Preset:
         fields["rate_limit_requests"] = rate["requests"]
     if "per_seconds" in rate:
         fields["rate_limit_seconds"] = rate["per_seconds"]
+    if "total" in rate:
+        fields["rate_limit_total"] = rate["total"]
     styles = data.get("styles", [])
     if not isinstance(styles, list) or not all(isinstance(s, dict) and set(s) == {"name", "suffix"} for s in styles):
         raise PresetError(f"{source}: styles must be a list of tables with exactly the keys name and suffix")
-    fields["styles"] = tuple(Style(str(s["name"]), str(s["suffix"])) for s in styles)
+    for number, style in enumerate(styles, 1):
+        _check_table(source, f"styles {number}", style, _STYLE)
+        if not style["name"].strip():
+            raise PresetError(f"{source}: [styles {number}]: name must not be empty")
+    fields["styles"] = tuple(Style(s["name"], s["suffix"]) for s in styles)
     fields["examples"] = tuple(fields.get("examples", ()))
     fields["filter_words"] = tuple(w.strip() for w in fields.get("filter_words", ()))
     if "name" not in fields:
         raise PresetError(f"{source}: missing key 'name'")
     if "min_size" in fields and "max_size" in fields and fields["min_size"] > fields["max_size"]:
         raise PresetError(f"{source}: [limits] min_size {fields['min_size']} is larger than max_size {fields['max_size']}")
+    for side in ("width", "height"):
+        if side in fields and not fields.get("min_size", 0) <= fields[side] <= fields.get("max_size", fields[side]):
+            raise PresetError(f"{source}: [defaults] {side} {fields[side]} is outside [limits] {fields.get('min_size', 64)} to {fields.get('max_size', 4096)}")
     if fields.get("steps", 1) > fields.get("max_steps", MAX_STEPS):
         raise PresetError(f"{source}: [defaults] steps {fields['steps']} exceeds [limits] max_steps {fields['max_steps']}")
     if fields.get("guidance", 0) > fields.get("max_guidance", MAX_GUIDANCE):
         raise PresetError(f"{source}: [defaults] guidance {fields['guidance']} exceeds [limits] max_guidance {fields['max_guidance']}")
     return Preset(source=source, **fields)
+
+
+def _depth(value, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
 
 
 def available_presets() -> list[str]:
@@ -195,6 +248,8 @@ def load_preset(name_or_file: str) -> Preset:
         if not path.is_file():
             raise PresetError(f"unknown preset {name_or_file!r}; shipped presets: {', '.join(available_presets())}")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise PresetError(f"{path.name}: larger than {MAX_FILE_BYTES} bytes; not a preset")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PresetError(f"{path.name}: cannot be read ({e})") from None

@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from .specs import ModelSpec
+from .text import has_visible, lone_surrogate
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
@@ -68,10 +69,13 @@ def _text(field: str, value, max_chars: int, required: bool) -> str:
         value = ""
     if not isinstance(value, str):
         raise RequestError(field, f"must be text; got {type(value).__name__}")
+    bad = lone_surrogate(value)
+    if bad is not None:
+        raise RequestError(field, f"must be valid Unicode text; character {bad + 1} is a lone surrogate (U+{ord(value[bad]):04X})")
     # Control characters (but not line breaks) carry no meaning for a text encoder.
     value = "".join(c for c in value if c in "\n\t" or unicodedata.category(c) != "Cc").strip()
-    if required and not value:
-        raise RequestError(field, "must not be empty")
+    if required and not has_visible(value):
+        raise RequestError(field, "must not be empty" + (" (it holds only invisible characters)" if value else ""))
     if len(value) > max_chars:
         raise RequestError(field, f"must be at most {max_chars} characters; got {len(value)}")
     return value
@@ -120,6 +124,8 @@ class GenerationRequest:
         if guidance is None:
             guidance = spec.guidance
         try:
+            if isinstance(guidance, bool) or not isinstance(guidance, (int, float, str)):
+                raise TypeError(guidance)  # true is not a number, nor is a list
             guidance = float(guidance)
         except (TypeError, ValueError):
             raise RequestError("guidance", f"must be a number from 0 to {limits.max_guidance}; got {guidance!r}") from None

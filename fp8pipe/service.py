@@ -1,6 +1,6 @@
 """What the web app asks of the engine, without any UI: preset limits and defaults applied
-server-side, the prompt filter, the per-session rate limit, streaming a job's progress, and
-saving results as PNGs that keep their `parameters` chunk.
+server-side, the prompt filter, the per-address rate limit with its global ceiling, and
+streaming a job's progress. (The PNGs are kept by fp8pipe.outputs.)
 
 `app.py` turns these into Gradio events; nothing here imports Gradio.
 """
@@ -10,11 +10,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from .presets import Preset
 from .requests import GenerationRequest
@@ -28,70 +26,96 @@ class Refused(ValueError):
 
 @dataclass
 class RateLimiter:
-    """At most `requests` per `per_seconds` for each key (a browser session), a rolling window."""
+    """At most `requests` per `per_seconds` for each key (a client address), a rolling window;
+    and at most `total` per window over all keys together, so many addresses cannot flood it."""
 
     requests: int
     per_seconds: float
+    total: int | None = None
     _seen: dict = field(default_factory=dict)
+    _all: deque = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _refuse(self, limit: int, window: deque, now: float, whom: str) -> None:
+        wait = self.per_seconds - (now - window[0])
+        raise Refused(f"Too many requests{whom}: at most {limit} every {self.per_seconds:g} s. Try again in {max(wait, 1):.0f} s.")
 
     def check(self, key: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
+            for window in (self._all, self._seen.get(key, ())):
+                while window and now - window[0] >= self.per_seconds:
+                    window.popleft()
             window = self._seen.setdefault(key, deque())
-            while window and now - window[0] >= self.per_seconds:
-                window.popleft()
             if len(window) >= self.requests:
-                wait = self.per_seconds - (now - window[0])
-                raise Refused(f"Too many requests: at most {self.requests} every {self.per_seconds:g} s. Try again in {wait:.0f} s.")
+                self._refuse(self.requests, window, now, "")
+            if self.total is not None and len(self._all) >= self.total:
+                self._refuse(self.total, self._all, now, " from all visitors together")
             window.append(now)
-            if len(self._seen) > 10_000:  # forget idle sessions so a long-running kiosk stays bounded
+            self._all.append(now)
+            if len(self._seen) > 10_000:  # forget idle clients so a long-running kiosk stays bounded
                 for stale in [k for k, w in self._seen.items() if not w or now - w[-1] >= self.per_seconds]:
                     del self._seen[stale]
+
+    def forget(self) -> None:
+        """Start every window afresh."""
+        with self._lock:
+            self._seen.clear()
+            self._all.clear()
+
+
+def client_key(host: str | None, headers=None, proxy_header: str | None = None) -> str:
+    """What a rate limit counts by: the client's address, which a client cannot choose (unlike
+    a session id). Behind a trusted reverse proxy (`proxy_header`, e.g. X-Forwarded-For, set
+    only when one is in front), the address that proxy appended: the header's last entry."""
+    if proxy_header and headers is not None:
+        forwarded = headers.get(proxy_header)
+        if forwarded:
+            last = forwarded.split(",")[-1].strip()
+            if last:
+                return last
+    return host or "unknown"
 
 
 def build_request(preset: Preset, spec: ModelSpec, prompt, style: str | None = None, **fields) -> GenerationRequest:
     """A request within the preset's limits; fields left out (None) take the preset's defaults.
 
-    The prompt filter runs on the prompt as typed and with the style's suffix.
-    """
-    if isinstance(prompt, str) and preset.filter_words and blocked_words(prompt, preset.filter_words):
-        raise Refused(FRIENDLY_MESSAGE)
+    The prompt's length limit counts what the visitor typed; the style's suffix is added after.
+    The prompt filter then reads the final, normalised text the model will receive: the prompt
+    with its suffix, and the negative prompt."""
     suffix = next((s.suffix for s in preset.styles if s.name == style), "")
     defaults = preset.defaults_for(spec)
     merged = {**defaults, **{k: v for k, v in fields.items() if v is not None}}
-    text = prompt + suffix if isinstance(prompt, str) and prompt.strip() else prompt
-    return GenerationRequest.create(spec, prompt=text, limits=preset.limits_for(spec), **merged)
+    request = GenerationRequest.create(spec, prompt=prompt, limits=preset.limits_for(spec), **merged)
+    if suffix:
+        request = replace(request, prompt=request.prompt + suffix)
+    if preset.filter_words and (blocked_words(request.prompt, preset.filter_words) or blocked_words(request.negative_prompt, preset.filter_words)):
+        raise Refused(FRIENDLY_MESSAGE)
+    return request
 
 
-def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool, t5: str | None = None) -> Iterator:
+def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool, t5: str | None = None, heartbeat: float | None = None) -> Iterator:
     """Submit `request` and yield each Progress, then the Result. Closing the generator early
-    (a client that went away) cancels the job, so it never blocks the queue."""
+    (a client that went away or cancelled) cancels the job, so it never blocks the queue.
+    With `heartbeat`, None is also yielded after that many seconds without progress (waiting in
+    the queue, a slow stage), so a web server gets the chance to close the generator."""
     updates: queue.Queue = queue.Queue()
     job = engine.submit(request, model=model, precision=precision, on_progress=updates.put, preview=preview, t5=t5)
+    quiet_since = time.monotonic()
     try:
         while not job.done():
             try:
                 yield updates.get(timeout=0.05)
+                quiet_since = time.monotonic()
             except queue.Empty:
+                if heartbeat is not None and time.monotonic() - quiet_since >= heartbeat:
+                    quiet_since = time.monotonic()
+                    yield None
                 continue
         yield job.result()
     finally:
         if not job.done():
             job.cancel()
-
-
-def save_png(result, folder: Path) -> list[Path]:
-    """Every image of a result as a PNG with its parameters chunk; returns the paths."""
-    from .metadata import png_info
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for image in getattr(result, "images", None) or [result.image]:
-        path = folder / f"{uuid.uuid4().hex}.png"
-        image.save(path, format="PNG", pnginfo=png_info(result.parameters))
-        paths.append(path)
-    return paths
 
 
 def difference_image(a, b, gain: float = 4.0):

@@ -137,21 +137,37 @@ def run_load(url: str, clients: int = 50, requests: int = 20, steps: int = 2) ->
     }
 
 
+def _count(low: int, high: int):
+    """An argparse type: a whole number from low to high, else argparse's usage error (exit 2)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}; got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}; got {value}")
+        return value
+
+    return parse
+
+
 def add_soak_commands(subparsers) -> None:
     s = subparsers.add_parser("soak", help="many requests through one engine; memory growth after warm-up")
-    s.add_argument("--requests", type=int, default=1000)
-    s.add_argument("--warmup", type=int, default=50)
+    s.add_argument("--requests", type=_count(1, 1_000_000), default=1000, help="how many requests (1 to 1000000)")
+    s.add_argument("--warmup", type=_count(0, 1_000_000), default=50, help="requests before memory is measured (0 to 1000000)")
     s.add_argument("--model", default="demo")
-    s.add_argument("--steps", type=int, default=2)
+    s.add_argument("--steps", type=_count(1, 150), default=2)
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default=None, help="also write the JSON here")
     s.set_defaults(func=lambda a: _report(run_soak(a.requests, a.warmup, a.model, a.steps, a.device), a.out))
 
     ld = subparsers.add_parser("load", help="concurrent gradio_client clients against a running app")
     ld.add_argument("--url", required=True)
-    ld.add_argument("--clients", type=int, default=50)
-    ld.add_argument("--requests", type=int, default=20)
-    ld.add_argument("--steps", type=int, default=2)
+    ld.add_argument("--clients", type=_count(1, 10_000), default=50, help="concurrent clients (1 to 10000)")
+    ld.add_argument("--requests", type=_count(1, 1_000_000), default=20, help="requests per client (1 to 1000000)")
+    ld.add_argument("--steps", type=_count(1, 150), default=2)
     ld.add_argument("--out", default=None, help="also write the JSON here")
     ld.set_defaults(func=lambda a: _report(run_load(a.url, a.clients, a.requests, a.steps), a.out))
 

@@ -70,15 +70,19 @@ def test_the_kiosk_filter_refuses_a_listed_word_with_a_friendly_message(kiosk_ap
         Client(url, verbose=False).predict(prompt="a N.U.D.E statue", api_name="/generate")
 
 
-def test_the_kiosk_rate_limit_holds_per_session(kiosk_app):
-    url, _ = kiosk_app
-    client = Client(url, verbose=False)
-    for seed in range(5):
-        client.predict(prompt="a dot", seed=seed, steps=1, api_name="/generate")
-    with pytest.raises(Exception, match="Too many requests: at most 5 every 600 s"):
-        client.predict(prompt="a dot", steps=1, api_name="/generate")
-    image, _ = Client(url, verbose=False).predict(prompt="a dot", steps=1, api_name="/generate")  # another visitor
-    assert image
+def test_the_kiosk_rate_limit_counts_by_address_so_a_new_session_per_request_does_not_escape_it(kiosk_app):
+    url, state = kiosk_app
+    state.limiter.forget()
+    try:
+        for seed in range(5):
+            Client(url, verbose=False).predict(prompt="a dot", seed=seed, steps=1, api_name="/generate")  # a fresh session each time
+        with pytest.raises(Exception, match="Too many requests: at most 5 every 600 s"):
+            Client(url, verbose=False).predict(prompt="a dot", steps=1, api_name="/generate")
+        forged = Client(url, verbose=False, headers={"X-Real-IP": "203.0.113.9"})  # no --trusted-proxy-header: ignored
+        with pytest.raises(Exception, match="Too many requests"):
+            forged.predict(prompt="a dot", steps=1, api_name="/generate")
+    finally:
+        state.limiter.forget()
 
 
 def test_a_full_queue_is_a_clear_error_and_queued_work_still_completes(kiosk_app):

@@ -94,3 +94,23 @@ def test_dropping_a_png_reads_its_parameters_back_into_the_settings(browser, adv
     expect(page.get_by_label("number input for Width")).to_have_value("96")
     expect(page.get_by_label("number input for Height")).to_have_value("160")
     page.close()
+
+
+def test_dropping_an_adversarial_png_reads_what_it_can_and_the_server_keeps_serving(browser, advanced_app, tmp_path):
+    from gradio_client import Client
+    from PIL import Image
+
+    from fp8pipe.metadata import png_info
+
+    # the attack's long run of spaces inside a setting, a superscript and a 5000-digit number
+    text = "a purple moon\nSteps: \u00b2, Seed: " + "9" * 5000 + ", A" + " " * 60_000 + "!"
+    path = tmp_path / "adversarial.png"
+    Image.new("RGB", (64, 64), (80, 0, 120)).save(path, pnginfo=png_info(text))
+    url, _ = advanced_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.locator("#parameters-drop input[type=file]").set_input_files(str(path))
+    expect(page.locator("#prompt textarea")).to_have_value("a purple moon", timeout=30_000)
+    page.close()
+    image, _ = Client(url, verbose=False).predict(prompt="next visitor", steps=1, api_name="/generate")
+    assert image.endswith(".png")

@@ -1,5 +1,7 @@
 """Presets: the shipped files load, and a bad file is refused naming the file, key and allowed values."""
 
+import re
+
 import pytest
 
 from fp8pipe.presets import PresetError, available_presets, load_preset, parse_preset
@@ -54,3 +56,41 @@ def test_a_preset_file_by_path_loads(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('name = "mine"\nmodel = "demo"\n[defaults]\nsteps = 3\n')
     assert load_preset(str(path)).steps == 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "p"\n[defaults]\nwidth = 512\n[limits]\nmax_size = 256\n', "[defaults] width 512 is outside [limits]"),
+        ('name = "p"\n[[styles]]\nname = 3\nsuffix = ""\n', "name = 3 is not allowed"),
+        ('name = "p"\n[[styles]]\nname = "A"\nsuffix = ["x"]\n', "suffix = ['x'] is not allowed"),
+        ("name = " + "[" * 3000 + "]" * 3000, "nested too deeply"),
+        ("name = " + "[" * 20 + "]" * 20, "nested too deeply"),
+    ],
+    ids=["default-outside-limits", "style-name-number", "style-suffix-list", "deep-recursion", "deep"],
+)
+def test_preset_gaps_are_refused_with_the_file_and_key(text, message):
+    from fp8pipe.presets import PresetError, parse_preset
+
+    with pytest.raises(PresetError, match=re.escape(message)):
+        parse_preset(text, "p.toml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "p"\n[defaults]\nwidth = 100\n', "[defaults] width: must be 64 to 256 in steps of 8; got 100"),  # off the size grid
+        ('name = "p"\n[limits]\nmin_size = 512\n', "leave nothing that demo supports"),
+        ('name = "p"\n[limits]\nmax_size = 128\nmin_size = 96\n', "the model's default (demo) width: must be 96 to 128"),
+    ],
+    ids=["off-grid", "no-size-left", "native-size-outside"],
+)
+def test_a_preset_whose_defaults_the_model_refuses_stops_the_app(text, message, tmp_path, capsys):
+    import app as webapp
+
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    from conftest import free_port
+
+    assert webapp.main(["--preset", str(path), "--port", str(free_port())]) == 2
+    assert message in capsys.readouterr().err

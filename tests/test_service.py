@@ -49,3 +49,25 @@ def test_difference_image_and_psnr_of_identical_and_different_images():
     diff, mean = difference_image(a, b)
     assert diff.getpixel((0, 0)) == (8, 0, 0) and mean == pytest.approx(2 / 3)
     assert psnr(a, b) == pytest.approx(10 * __import__("math").log10(255**2 / (4 / 3)))
+
+
+def test_the_global_ceiling_holds_over_all_addresses():
+    limiter = RateLimiter(requests=2, per_seconds=10, total=3)
+    for address in ("a", "b", "c"):
+        limiter.check(address, now=0)
+    with pytest.raises(Refused, match="from all visitors together: at most 3 every 10 s"):
+        limiter.check("d", now=1)
+
+
+def test_the_client_address_comes_from_a_proxy_header_only_when_one_is_trusted():
+    from fp8pipe.service import client_key
+
+    headers = {"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+    assert client_key("10.0.0.1", headers) == "10.0.0.1"
+    assert client_key("10.0.0.1", headers, "X-Real-IP") == "203.0.113.9"
+    assert client_key("10.0.0.1", headers, "X-Forwarded-For") == "203.0.113.7"  # what the proxy appended
+
+
+def test_a_negative_prompt_holding_a_filter_word_is_refused():
+    with pytest.raises(Refused):
+        build_request(PRESET, DEMO, "a castle", negative_prompt="GORE")

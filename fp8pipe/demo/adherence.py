@@ -64,16 +64,30 @@ def _prototypes() -> dict[tuple[str, str], tuple[float, ...]]:
 
 def _region(pixels: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the shape's mask, its core: the pixels well inside, for reading the color)."""
-    from scipy import ndimage
-
     distance = np.sqrt(np.sum((pixels - background) ** 2, axis=-1))
     peak = float(np.percentile(distance, 99.5))
     if peak < MIN_CONTRAST:
         return np.zeros(distance.shape, bool), np.zeros(distance.shape, bool)
-    labels, n = ndimage.label(distance > peak / 2)
-    sizes = ndimage.sum(np.ones_like(distance), labels, index=range(1, n + 1))
-    mask = labels == 1 + int(np.argmax(sizes))
+    mask = largest_component(distance > peak / 2)
     return mask, mask & (distance > peak * 0.75)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask (ties: the one met first in raster
+    order), by propagating each region's smallest pixel index until nothing changes."""
+    size = mask.size
+    labels = np.where(mask, np.arange(size).reshape(mask.shape), size)
+    while True:
+        padded = np.pad(labels, 1, constant_values=size)
+        spread = np.minimum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
+        spread = np.where(mask, spread, size)
+        if np.array_equal(spread, labels):
+            break
+        labels = spread
+    if not mask.any():
+        return mask.copy()
+    ids, counts = np.unique(labels[mask], return_counts=True)  # ids ascending: raster order of each region's first pixel
+    return labels == ids[int(np.argmax(counts))]
 
 
 _PROTOTYPES: dict[tuple[str, str], tuple[float, ...]] | None = None
