@@ -87,9 +87,16 @@ class LoadedModel:
     def random_weights(self) -> bool:
         return self.spec.random_weights and self.source_kind in ("demo", "fp8_checkpoint-demo")
 
+    @property
+    def display_name(self) -> str:
+        """The model's name for PNG chunks and stats: a hub id, family or folder name, never a path."""
+        from .naming import model_display_name
+
+        return model_display_name(self.name, self.source_kind)
+
     def describe(self) -> dict:
         return {
-            "model": self.name,
+            "model": self.display_name,
             "source": self.source_kind,
             "family": self.spec.name,
             "device": str(self.device),
