@@ -11,6 +11,7 @@ limits, prompt filter, rate limit) to the engine, which owns the models.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -27,6 +28,7 @@ IDLE_CHECK_SECONDS = 2.0
 SLIDESHOW_SECONDS = 5.0
 HISTORY_SIZE = 24
 GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
+log = logging.getLogger("fp8pipe.app")
 
 import gradio as gr  # noqa: E402
 
@@ -42,12 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="a public gradio.live link for a week (use --auth with it)")
     p.add_argument("--model", default=None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint)")
     p.add_argument("--preset", default=None, help="a shipped preset name (cpu-demo, kiosk-8gb, ...) or a .toml file")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), os.environ.get("GRADIO_SERVER_PORT", "7860")
+    p.add_argument("--host", default=host, help=f"address to listen on; 0.0.0.0 for every interface (default {host}; env GRADIO_SERVER_NAME)")
+    p.add_argument("--port", type=int, default=int(port), help=f"port to listen on (default {port}; env GRADIO_SERVER_PORT)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--vram", default=None, help="VRAM budget, e.g. 8GiB (default: the GPU's free memory)")
     p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto: a GPU when there is one)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
     args = p.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
@@ -71,6 +74,14 @@ class App:
     limiter: object
     outputs: Path
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
+    examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
+
+    @property
+    def hints(self) -> dict:
+        """Placeholder, example prompts, styles and (for the demo) its vocabulary line."""
+        from fp8pipe.vocabulary import prompt_hints
+
+        return prompt_hints(self.model == "demo", self.preset.examples, self.preset.styles)
 
 
 def session_key(request) -> str:
@@ -79,15 +90,25 @@ def session_key(request) -> str:
     return getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", None) or "anonymous"
 
 
-def _as_gradio_error(e: Exception):
+def _as_gradio_error(e: Exception, request=None, values: dict | None = None):
+    """The visitor's error. A refused input is one log line (field, value, client) and no
+    traceback; a real failure keeps its traceback in the log."""
     from fp8pipe.requests import RequestError
     from fp8pipe.service import Refused
 
+    if isinstance(e, (Refused, RequestError)):
+        name = getattr(e, "field", "request")
+        value = (values or {}).get(name)
+        log.warning("refused %s=%.80r from %s: %s", name, value, client_address(request), e)
     if isinstance(e, Refused):
-        return gr.Error(str(e), title="Let's try something else")
+        return gr.Error(str(e), title="Let's try something else", print_exception=False)
     if isinstance(e, RequestError):
-        return gr.Error(str(e), title=f"Invalid {e.field}")
-    return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed")
+        return gr.Error(str(e), title=f"Invalid {e.field}", print_exception=False)
+    return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed", print_exception=False)  # logged by the caller
+
+
+def client_address(request) -> str:
+    return getattr(getattr(request, "client", None), "host", None) or "local"
 
 
 def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, model=None, t5=None, **fields):
@@ -101,10 +122,13 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
         req = build_request(app.preset, spec, prompt, style=style, **fields)
         app.limiter.check(session_key(request))
     except (RequestError, Refused) as e:
-        raise _as_gradio_error(e) from None
+        raise _as_gradio_error(e, request, {"prompt": prompt, "style": style, **fields}) from None
     try:
         yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
-    except (RequestError, Refused, RuntimeError) as e:
+    except (RequestError, Refused) as e:
+        raise _as_gradio_error(e, request, {"prompt": prompt, **fields}) from None
+    except RuntimeError as e:
+        log.exception("generation failed for %s", client_address(request))  # a real failure: its traceback
         raise _as_gradio_error(e) from None
 
 
@@ -126,7 +150,11 @@ def _final(app: App, stream):
 
 
 def _stats(result, extra: dict | None = None) -> dict:
-    return {**result.stats, "parameters": result.parameters, **(extra or {})}
+    """The stats a client sees; with the demo model, a warning for prompt words it does not know."""
+    from fp8pipe.vocabulary import unknown_words_warning
+
+    warning = unknown_words_warning(result.request.prompt) if result.stats.get("model") == "demo" else None
+    return {**result.stats, "parameters": result.parameters, **({"warning": warning} if warning else {}), **(extra or {})}
 
 
 # ---- API -----------------------------------------------------------------------------
@@ -157,27 +185,30 @@ footer, .footer {display: none !important}
 
 
 def build_kiosk(app: App):
-    preset = app.preset
-    styles = [s.name for s in preset.styles]
+    preset, hints = app.preset, app.hints
+    styles = [s.name for s in hints["styles"]]
     with gr.Blocks(title="fp8pipe kiosk", fill_height=True, delete_cache=(600, 3600)) as demo:
         last_active = gr.State(time.time)
         screen = gr.State("attract")  # or "main"
         ticks = gr.State(0)
         with gr.Column(visible=True, elem_id="attract") as attract:
             gr.Markdown("# Type an idea. Get a picture.", elem_id="attract-title")
-            slideshow = gr.Image(show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
+            first = app.examples[0] if app.examples else None
+            slideshow = gr.Image(first, show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
             start = gr.Button("Touch to start", variant="primary", elem_id="start-button")
         with gr.Column(visible=False, elem_id="kiosk-main") as main:
             prompt = gr.Textbox(
                 label="Your idea",
-                placeholder="a lighthouse on a cliff at sunset",
+                placeholder=hints["placeholder"],
                 lines=2,
                 max_length=preset.limits_for(app.spec).max_prompt_chars,
                 elem_id="prompt",
             )
-            style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=bool(styles))
-            if preset.examples:
-                gr.Examples(examples=[[e] for e in preset.examples], inputs=[prompt], label="Ideas")
+            if hints["vocabulary"]:
+                gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+            style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=len(styles) > 1)
+            if hints["examples"]:
+                gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Ideas", elem_id="ideas")
             go = gr.Button("Create", variant="primary", elem_id="generate-button")
             image = gr.Image(label="Your picture", type="filepath", format="png", interactive=False, elem_id="result-image", height=640, buttons=[])
             status = gr.Markdown(elem_id="status")
@@ -225,7 +256,7 @@ def build_kiosk(app: App):
                 if time.time() - since <= preset.idle_seconds:
                     return keep, keep, keep, keep, keep, keep, where, count
                 return gr.update(visible=True), gr.update(visible=False), "", None, "", keep, "attract", count
-            pictures = list(app.recent)
+            pictures = list(app.recent) or app.examples
             per_slide = max(1, round(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS))
             picture = pictures[(count // per_slide) % len(pictures)] if pictures and count % per_slide == 0 else keep
             return keep, keep, keep, keep, keep, picture, where, count + 1
@@ -244,27 +275,41 @@ def build_kiosk(app: App):
 
 # ---- advanced ----------------------------------------------------------------------------
 
+# Small pictures keep their pixels (they are shown at a whole-number scale, see fp8pipe.display).
+ADVANCED_CSS = """
+#result-gallery img, #history img, #diff-image img {image-rendering: pixelated}
+#vocabulary p {font-size: 0.85rem; margin: 0}
+"""
+
 
 def build_advanced(app: App):
     from fp8pipe.loader import demo_model_shipped
     from fp8pipe.metadata import parse_parameters
+    from fp8pipe.naming import model_display_name
     from fp8pipe.presets import available_presets, load_preset
     from fp8pipe.requests import MAX_SEED, SHIFT_RANGE
 
     preset, spec = app.preset, app.spec
     limits, defaults = preset.limits_for(spec), preset.defaults_for(spec)
     precisions = ["fp8", "bf16", "fp16", "fp32"]
+    hints = app.hints
+    shown = {model_display_name(app.model): app.model, "demo": "demo"}  # the page names models, never a path
     with gr.Blocks(title="fp8pipe", delete_cache=(3600, 86400)) as demo:
-        gr.Markdown(f"## fp8pipe: {app.model} ({preset.name})")
+        gr.Markdown(f"## fp8pipe: {model_display_name(app.model)} ({preset.name})")
         if app.model == "demo" and not demo_model_shipped():
             gr.Markdown("The trained demo model is missing from this install: the demo runs with **random weights**, its images are noise.")
+        history_items = gr.State([])  # this browser session's pictures only: nothing of another visitor's
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.max_prompt_chars)
-                negative = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"], lines=2)
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", max_length=limits.max_prompt_chars, placeholder=hints["placeholder"])
+                if hints["vocabulary"]:
+                    gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                if hints["examples"]:
+                    gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Example prompts", elem_id="examples")
+                negative = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"], lines=1)
                 with gr.Row():
-                    models = list(dict.fromkeys([app.model, "demo"]))
-                    model = gr.Dropdown(models, value=app.model, label="Model")
+                    model = gr.Dropdown(list(shown), value=model_display_name(app.model), label="Model")
                     preset_choice = gr.Dropdown(available_presets(), value=preset.name if preset.name in available_presets() else None, label="Preset (fills the settings)")
                 with gr.Row():
                     precision = gr.Radio(precisions, value=preset.precision, label="Transformer precision")
@@ -281,20 +326,23 @@ def build_advanced(app: App):
                     randomize = gr.Checkbox(value=True, label="Randomize seed")
                     batch = gr.Slider(1, 8, value=1, step=1, label="Batch count")
                     shift = gr.Slider(SHIFT_RANGE[0], SHIFT_RANGE[1], value=spec.shift, step=0.1, label="Shift")
-                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png", elem_id="parameters-drop")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images", columns=2, height=520, format="png", elem_id="result-gallery")
+                gallery = gr.Gallery(label="Images", columns=2, height="auto", format="png", object_fit="scale-down", elem_id="result-gallery")
                 with gr.Row(visible=False) as compare_row:
                     diff = gr.Image(label="|FP8 - BF16| x4", interactive=False, format="png", elem_id="diff-image")
-                stats = gr.JSON(label="Stats")
-                history = gr.Gallery(label="History", columns=6, height=200, format="png")
+                stats_table = gr.Markdown(elem_id="stats-table")
+                with gr.Accordion("Stats as JSON", open=False, elem_id="stats-json"):
+                    stats = gr.JSON(label="Stats")
+                history = gr.Gallery(label="History (this browser session)", columns=6, height=200, format="png", object_fit="scale-down", elem_id="history")
 
-        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, request: gr.Request):
+        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, kept, request: gr.Request):
             import secrets
 
+            from fp8pipe.display import display_copy, scale_label
             from fp8pipe.fp8 import psnr
             from fp8pipe.service import difference_image
+            from fp8pipe.stats_table import stats_markdown
 
             first_seed = secrets.randbelow(MAX_SEED + 1) if rand else s
             images, all_stats = [], []
@@ -305,21 +353,24 @@ def build_advanced(app: App):
                 variants = ["fp8", "bf16"] if comp else [prec]
                 results = []
                 for variant in variants:
-                    stream = _run(app, text, precision=variant, request=request, model=chosen_model, t5=t5_mode, **fields)
+                    stream = _run(app, text, precision=variant, request=request, model=shown.get(chosen_model, chosen_model), t5=t5_mode, **fields)
                     paths, result = _final(app, stream)
-                    images.append((str(paths[0]), f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s"))
+                    picture, scale = display_copy(paths[0])
+                    size = scale_label(result.image.width, result.image.height, scale)
+                    images.append((picture, f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s, {size}"))
                     results.append(result)
                     all_stats.append(_stats(result))
                 if comp:
                     diff_image, mean = difference_image(results[0].image, results[1].image)
                     all_stats.append({"compare": {"mean_abs_diff": round(mean, 3), "psnr_db": round(psnr(results[0].image, results[1].image), 2)}})
                     compare_update = gr.update(visible=True)
-            return images, all_stats, list(app.recent), compare_update, diff_image
+            kept = (images + list(kept or []))[:HISTORY_SIZE]
+            return images, stats_markdown(all_stats), all_stats, kept, kept, compare_update, diff_image
 
         go.click(
             run,
-            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift],
-            [gallery, stats, history, compare_row, diff],
+            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift, history_items],
+            [gallery, stats_table, stats, history_items, history, compare_row, diff],
             api_visibility="private",
             concurrency_id=GPU_QUEUE,
             concurrency_limit=1,
@@ -429,6 +480,10 @@ def create_app(args) -> tuple[object, App]:
         limiter=RateLimiter(preset.rate_limit_requests, preset.rate_limit_seconds),
         outputs=outputs,
     )
+    if args.kiosk:  # the attract screen shows pictures from the first second
+        from fp8pipe.attract import example_pictures
+
+        app.examples = example_pictures(engine, model, preset, spec, preset.precision, app.hints["examples"], outputs)
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
     if spaces is not None:  # ZeroGPU: the events that generate run with a GPU attached
         for dep in demo.fns.values():
@@ -448,8 +503,7 @@ def launch_kwargs(args, app: App) -> dict:
         footer_links=[] if args.kiosk else ["api", "gradio"],
         run_history=not args.kiosk,  # a shared kiosk must not show one visitor's images to the next
     )
-    if args.kiosk:
-        kwargs["css"] = KIOSK_CSS
+    kwargs["css"] = KIOSK_CSS if args.kiosk else ADVANCED_CSS
     return kwargs
 
 
@@ -469,8 +523,15 @@ def main(argv=None) -> int:
     except (ModelLoadError, PresetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"fp8pipe ready: model {app.model}, preset {app.preset.name}, {'kiosk' if app.kiosk else 'advanced'} mode", file=sys.stderr)
-    demo.launch(**launch_kwargs(args, app))
+    from fp8pipe.naming import model_display_name
+
+    print(f"fp8pipe ready: model {model_display_name(app.model)}, preset {app.preset.name}, {'kiosk' if app.kiosk else 'advanced'} mode", file=sys.stderr)
+    # quiet: Gradio's own lines include a hint to set `share=True` in launch(); ours is --share.
+    _, local_url, share_url = demo.launch(**launch_kwargs(args, app), quiet=True, prevent_thread_lock=True)
+    print(f"* Running on local URL:  {local_url}", flush=True)
+    if share_url:
+        print(f"* Running on public URL: {share_url} (for up to a week)", flush=True)
+    demo.block_thread()
     return 0
 
 

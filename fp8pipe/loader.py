@@ -362,7 +362,7 @@ def _pretrained_components(location: str, t5: str) -> dict:
     from diffusers import StableDiffusion3Pipeline
 
     # bf16 as SD3.5 stores them (lossless): T5-XXL never sits in fp32 on the host on its way in.
-    kwargs = {"transformer": None, "use_safetensors": True, "torch_dtype": torch.bfloat16}
+    kwargs = {"transformer": None, "use_safetensors": True, "dtype": torch.bfloat16}
     if t5 == "drop":
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
     try:
