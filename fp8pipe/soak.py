@@ -139,20 +139,20 @@ def run_load(url: str, clients: int = 50, requests: int = 20, steps: int = 2) ->
 
 def add_soak_commands(subparsers) -> None:
     s = subparsers.add_parser("soak", help="many requests through one engine; memory growth after warm-up")
-    s.add_argument("--requests", type=int, default=1000)
-    s.add_argument("--warmup", type=int, default=50)
-    s.add_argument("--model", default="demo")
-    s.add_argument("--steps", type=int, default=2)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", default=None, help="also write the JSON here")
+    s.add_argument("--requests", type=int, default=1000, help="how many requests in all (default 1000); every 10th is cancelled, every 25th invalid")
+    s.add_argument("--warmup", type=int, default=50, help="requests before memory is first sampled (default 50)")
+    s.add_argument("--model", default="demo", help="the model to serve (default demo)")
+    s.add_argument("--steps", type=int, default=2, help="denoising steps per request (default 2)")
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    s.add_argument("--out", default=None, help="also write the JSON here (default: print only)")
     s.set_defaults(func=lambda a: _report(run_soak(a.requests, a.warmup, a.model, a.steps, a.device), a.out))
 
     ld = subparsers.add_parser("load", help="concurrent gradio_client clients against a running app")
-    ld.add_argument("--url", required=True)
-    ld.add_argument("--clients", type=int, default=50)
-    ld.add_argument("--requests", type=int, default=20)
-    ld.add_argument("--steps", type=int, default=2)
-    ld.add_argument("--out", default=None, help="also write the JSON here")
+    ld.add_argument("--url", required=True, help="the running app, e.g. http://127.0.0.1:7860/")
+    ld.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    ld.add_argument("--requests", type=int, default=20, help="requests per client, one after another (default 20)")
+    ld.add_argument("--steps", type=int, default=2, help="denoising steps per request (default 2)")
+    ld.add_argument("--out", default=None, help="also write the JSON here (default: print only)")
     ld.set_defaults(func=lambda a: _report(run_load(a.url, a.clients, a.requests, a.steps), a.out))
 
 
