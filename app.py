@@ -279,6 +279,7 @@ def build_kiosk(app: App):
 ADVANCED_CSS = """
 #result-gallery img, #history img, #diff-image img {image-rendering: pixelated}
 #vocabulary p {font-size: 0.85rem; margin: 0}
+#history .grid-container {grid-template-columns: repeat(auto-fill, 128px) !important; grid-auto-rows: 128px !important}
 """
 
 
@@ -365,7 +366,8 @@ def build_advanced(app: App):
                     all_stats.append({"compare": {"mean_abs_diff": round(mean, 3), "psnr_db": round(psnr(results[0].image, results[1].image), 2)}})
                     compare_update = gr.update(visible=True)
             kept = (images + list(kept or []))[:HISTORY_SIZE]
-            return images, stats_markdown(all_stats), all_stats, kept, kept, compare_update, diff_image
+            shown_as = gr.update(value=images, label=f"Images ({size})")  # the label says the display scale
+            return shown_as, stats_markdown(all_stats), all_stats, kept, kept, compare_update, diff_image
 
         go.click(
             run,

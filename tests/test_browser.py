@@ -123,7 +123,8 @@ def test_advanced_mode_generates_and_shows_stats(browser, advanced_app, screensh
     expect(page.locator("#result-gallery img").first).to_be_visible(timeout=60_000)
     expect(page.locator("#stats-table")).to_contain_text("denoise", timeout=30_000)
     expect(page.locator("#stats-table")).to_contain_text("peak memory")
-    expect(page.locator("#result-gallery")).to_contain_text("64x64 px, shown at 4x")
+    expect(page.locator("#result-gallery")).to_contain_text("Images (64x64 px, shown at 4x)")
+    expect(page.locator("#history img").first).to_be_visible()
     expect(page.get_by_text("latency_s")).to_have_count(0)  # the raw JSON waits behind its toggle
     page.locator("#stats-json").get_by_text("Stats as JSON").click()
     expect(page.get_by_text("latency_s").first).to_be_visible()
