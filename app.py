@@ -11,6 +11,7 @@ limits, prompt filter, rate limit) to the engine, which owns the models.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -30,6 +31,7 @@ HEARTBEAT_SECONDS = 0.25  # a running event yields at least this often, so Gradi
 MAX_UPLOAD = "20mb"  # the advanced mode's PNG drop; the kiosk has no upload field and accepts none
 SESSION_CAPACITY = 500  # sessions whose state Gradio keeps (Gradio's default, 10000, can hold a gigabyte)
 GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
+log = logging.getLogger("fp8pipe.app")
 
 import gradio as gr  # noqa: E402
 
@@ -45,12 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="a public gradio.live link for a week (use --auth with it)")
     p.add_argument("--model", default=None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint)")
     p.add_argument("--preset", default=None, help="a shipped preset name (cpu-demo, kiosk-8gb, ...) or a .toml file")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), os.environ.get("GRADIO_SERVER_PORT", "7860")
+    p.add_argument("--host", default=host, help=f"address to listen on; 0.0.0.0 for every interface (default {host}; env GRADIO_SERVER_NAME)")
+    p.add_argument("--port", type=int, default=int(port), help=f"port to listen on (default {port}; env GRADIO_SERVER_PORT)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--vram", default=None, help="VRAM budget, e.g. 8GiB (default: the GPU's free memory)")
     p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto: a GPU when there is one)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
     p.add_argument(
         "--trusted-proxy-header",
@@ -81,6 +84,14 @@ class App:
     outputs: object  # fp8pipe.outputs.OutputStore
     proxy_header: str | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
+    examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
+
+    @property
+    def hints(self) -> dict:
+        """Placeholder, example prompts, styles and (for the demo) its vocabulary line."""
+        from fp8pipe.vocabulary import prompt_hints
+
+        return prompt_hints(self.model == "demo", self.preset.examples, self.preset.styles)
 
 
 def client_address(app: App, request) -> str:
@@ -92,19 +103,30 @@ def client_address(app: App, request) -> str:
     return client_key(getattr(getattr(request, "client", None), "host", None), getattr(request, "headers", None), app.proxy_header)
 
 
-def _as_gradio_error(e: Exception):
+def _as_gradio_error(e: Exception, request=None, values: dict | None = None):
+    """The visitor's error. A refused input is one log line (field, value, client) and no
+    traceback; a real failure keeps its traceback in the log."""
     from fp8pipe.requests import RequestError
     from fp8pipe.service import Refused
 
+    if isinstance(e, (Refused, RequestError)):
+        name = getattr(e, "field", "request")
+        value = (values or {}).get(name)
+        log.warning("refused %s=%.80r from %s: %s", name, value, _peer(request), e)
     if isinstance(e, Refused):
-        return gr.Error(str(e), title="Let's try something else")
+        return gr.Error(str(e), title="Let's try something else", print_exception=False)
     if isinstance(e, RequestError):
-        return gr.Error(str(e), title=f"Invalid {e.field}")
+        return gr.Error(str(e), title=f"Invalid {e.field}", print_exception=False)
     from fp8pipe.outputs import SaveFailed
 
     if isinstance(e, SaveFailed):
-        return gr.Error(str(e), title="Not saved")
-    return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed")
+        return gr.Error(str(e), title="Not saved", print_exception=False)
+    return gr.Error(f"{type(e).__name__}: {e}", title="Generation failed", print_exception=False)  # logged by the caller
+
+
+def _peer(request) -> str:
+    """The connection's address, for log lines."""
+    return getattr(getattr(request, "client", None), "host", None) or "local"
 
 
 def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, model=None, t5=None, **fields):
@@ -118,10 +140,13 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
         req = build_request(app.preset, spec, prompt, style=style, **fields)
         app.limiter.check(client_address(app, request))
     except (RequestError, Refused) as e:
-        raise _as_gradio_error(e) from None
+        raise _as_gradio_error(e, request, {"prompt": prompt, "style": style, **fields}) from None
     try:
         yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5, heartbeat=HEARTBEAT_SECONDS)
-    except (RequestError, Refused, RuntimeError) as e:
+    except (RequestError, Refused) as e:
+        raise _as_gradio_error(e, request, {"prompt": prompt, **fields}) from None
+    except RuntimeError as e:
+        log.exception("generation failed for %s", _peer(request))  # a real failure: its traceback
         raise _as_gradio_error(e) from None
 
 
@@ -151,7 +176,11 @@ def _final(app: App, stream):
 
 
 def _stats(result, extra: dict | None = None) -> dict:
-    return {**result.stats, "parameters": result.parameters, **(extra or {})}
+    """The stats a client sees; with the demo model, a warning for prompt words it does not know."""
+    from fp8pipe.vocabulary import unknown_words_warning
+
+    warning = unknown_words_warning(result.request.prompt) if result.stats.get("model") == "demo" else None
+    return {**result.stats, "parameters": result.parameters, **({"warning": warning} if warning else {}), **(extra or {})}
 
 
 # ---- API -----------------------------------------------------------------------------
@@ -187,27 +216,30 @@ footer, .footer {display: none !important}
 
 
 def build_kiosk(app: App):
-    preset = app.preset
-    styles = [s.name for s in preset.styles]
+    preset, hints = app.preset, app.hints
+    styles = [s.name for s in hints["styles"]]
     with gr.Blocks(title="fp8pipe kiosk", fill_height=True, delete_cache=(600, 3600)) as demo:
         last_active = gr.State(time.time)
         screen = gr.State("attract")  # or "main"
         ticks = gr.State(0)
         with gr.Column(visible=True, elem_id="attract") as attract:
             gr.Markdown("# Type an idea. Get a picture.", elem_id="attract-title")
-            slideshow = gr.Image(show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
+            first = app.examples[0] if app.examples else None
+            slideshow = gr.Image(first, show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
             start = gr.Button("Touch to start", variant="primary", elem_id="start-button")
         with gr.Column(visible=False, elem_id="kiosk-main") as main:
             prompt = gr.Textbox(
                 label="Your idea",
-                placeholder="a lighthouse on a cliff at sunset",
+                placeholder=hints["placeholder"],
                 lines=2,
                 max_length=preset.limits_for(app.spec).max_prompt_chars,
                 elem_id="prompt",
             )
-            style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=bool(styles))
-            if preset.examples:
-                gr.Examples(examples=[[e] for e in preset.examples], inputs=[prompt], label="Ideas")
+            if hints["vocabulary"]:
+                gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+            style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=len(styles) > 1)
+            if hints["examples"]:
+                gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Ideas", elem_id="ideas")
             go = gr.Button("Create", variant="primary", elem_id="generate-button")
             image = gr.Image(label="Your picture", type="filepath", format="png", interactive=False, elem_id="result-image", height=640, buttons=[])
             status = gr.Markdown(elem_id="status")
@@ -257,7 +289,7 @@ def build_kiosk(app: App):
                 if time.time() - since <= preset.idle_seconds:
                     return keep, keep, keep, keep, keep, keep, where, count
                 return gr.update(visible=True), gr.update(visible=False), "", None, "", keep, "attract", count
-            pictures = [p for p in app.recent if os.path.exists(p)]
+            pictures = [p for p in app.recent if os.path.exists(p)] or app.examples
             per_slide = max(1, round(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS))
             picture = pictures[(count // per_slide) % len(pictures)] if pictures and count % per_slide == 0 else keep
             return keep, keep, keep, keep, keep, picture, where, count + 1
@@ -276,27 +308,42 @@ def build_kiosk(app: App):
 
 # ---- advanced ----------------------------------------------------------------------------
 
+# Small pictures keep their pixels (they are shown at a whole-number scale, see fp8pipe.display).
+ADVANCED_CSS = """
+#result-gallery img, #history img, #diff-image img {image-rendering: pixelated}
+#vocabulary p {font-size: 0.85rem; margin: 0}
+#history .grid-container {grid-template-columns: repeat(auto-fill, 128px) !important; grid-auto-rows: 128px !important}
+"""
+
 
 def build_advanced(app: App):
     from fp8pipe.loader import demo_model_shipped
     from fp8pipe.metadata import form_fields
+    from fp8pipe.naming import model_display_name
     from fp8pipe.presets import available_presets, load_preset
     from fp8pipe.requests import MAX_SEED, SHIFT_RANGE
 
     preset, spec = app.preset, app.spec
     limits, defaults = preset.limits_for(spec), preset.defaults_for(spec)
     precisions = ["fp8", "bf16", "fp16", "fp32"]
+    hints = app.hints
+    shown = {model_display_name(app.model): app.model, "demo": "demo"}  # the page names models, never a path
     with gr.Blocks(title="fp8pipe", delete_cache=(3600, 86400)) as demo:
-        gr.Markdown(f"## fp8pipe: {app.model} ({preset.name})")
+        gr.Markdown(f"## fp8pipe: {model_display_name(app.model)} ({preset.name})")
         if app.model == "demo" and not demo_model_shipped():
             gr.Markdown("The trained demo model is missing from this install: the demo runs with **random weights**, its images are noise.")
+        history_items = gr.State([])  # this browser session's pictures only: nothing of another visitor's
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.max_prompt_chars)
-                negative = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"], lines=2)
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", max_length=limits.max_prompt_chars, placeholder=hints["placeholder"])
+                if hints["vocabulary"]:
+                    gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                if hints["examples"]:
+                    gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Example prompts", elem_id="examples")
+                negative = gr.Textbox(label="Negative prompt", value=defaults["negative_prompt"], lines=1)
                 with gr.Row():
-                    models = list(dict.fromkeys([app.model, "demo"]))
-                    model = gr.Dropdown(models, value=app.model, label="Model")
+                    model = gr.Dropdown(list(shown), value=model_display_name(app.model), label="Model")
                     preset_choice = gr.Dropdown(available_presets(), value=preset.name if preset.name in available_presets() else None, label="Preset (fills the settings)")
                 with gr.Row():
                     precision = gr.Radio(precisions, value=preset.precision, label="Transformer precision")
@@ -313,20 +360,23 @@ def build_advanced(app: App):
                     randomize = gr.Checkbox(value=True, label="Randomize seed")
                     batch = gr.Slider(1, 8, value=1, step=1, label="Batch count")
                     shift = gr.Slider(SHIFT_RANGE[0], SHIFT_RANGE[1], value=spec.shift, step=0.1, label="Shift")
-                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png", elem_id="parameters-drop")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images", columns=2, height=520, format="png", elem_id="result-gallery")
+                gallery = gr.Gallery(label="Images", columns=2, height="auto", format="png", object_fit="scale-down", elem_id="result-gallery")
                 with gr.Row(visible=False) as compare_row:
                     diff = gr.Image(label="|FP8 - BF16| x4", interactive=False, format="png", elem_id="diff-image")
-                stats = gr.JSON(label="Stats")
-                history = gr.Gallery(label="History", columns=6, height=200, format="png")
+                stats_table = gr.Markdown(elem_id="stats-table")
+                with gr.Accordion("Stats as JSON", open=False, elem_id="stats-json"):
+                    stats = gr.JSON(label="Stats")
+                history = gr.Gallery(label="History (this browser session)", columns=6, height=200, format="png", object_fit="scale-down", elem_id="history")
 
-        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, request: gr.Request):
+        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, kept, request: gr.Request):
             import secrets
 
+            from fp8pipe.display import display_copy, scale_label
             from fp8pipe.fp8 import psnr
             from fp8pipe.service import difference_image
+            from fp8pipe.stats_table import stats_markdown
 
             first_seed = secrets.randbelow(MAX_SEED + 1) if rand else s
             images, all_stats = [], []
@@ -337,24 +387,28 @@ def build_advanced(app: App):
                 variants = ["fp8", "bf16"] if comp else [prec]
                 results = []
                 for variant in variants:
-                    stream = _run(app, text, precision=variant, request=request, model=chosen_model, t5=t5_mode, **fields)
+                    stream = _run(app, text, precision=variant, request=request, model=shown.get(chosen_model, chosen_model), t5=t5_mode, **fields)
                     for done in _final(app, stream):
                         if done is None:
-                            yield (gr.skip(),) * 5  # a step: the event can be stopped here
+                            yield (gr.skip(),) * 7  # a step: the event can be stopped here
                     paths, result = done
-                    images.append((str(paths[0]), f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s"))
+                    picture, scale = display_copy(paths[0])
+                    size = scale_label(result.image.width, result.image.height, scale)
+                    images.append((picture, f"{variant} seed {result.request.seed} {result.stats['latency_s']:.2f} s, {size}"))
                     results.append(result)
                     all_stats.append(_stats(result))
                 if comp:
                     diff_image, mean = difference_image(results[0].image, results[1].image)
                     all_stats.append({"compare": {"mean_abs_diff": round(mean, 3), "psnr_db": round(psnr(results[0].image, results[1].image), 2)}})
                     compare_update = gr.update(visible=True)
-            yield images, all_stats, list(app.recent), compare_update, diff_image
+            kept = (images + list(kept or []))[:HISTORY_SIZE]
+            shown_as = gr.update(value=images, label=f"Images ({size})")  # the label says the display scale
+            yield shown_as, stats_markdown(all_stats), all_stats, kept, kept, compare_update, diff_image
 
         go.click(
             run,
-            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift],
-            [gallery, stats, history, compare_row, diff],
+            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift, history_items],
+            [gallery, stats_table, stats, history_items, history, compare_row, diff],
             api_visibility="private",
             concurrency_id=GPU_QUEUE,
             concurrency_limit=1,
@@ -473,6 +527,10 @@ def create_app(args) -> tuple[object, App]:
         outputs=outputs,
         proxy_header=args.trusted_proxy_header,
     )
+    if args.kiosk:  # the attract screen shows pictures from the first second
+        from fp8pipe.attract import example_pictures
+
+        app.examples = example_pictures(engine, model, preset, spec, preset.precision, app.hints["examples"], outputs)
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
     if spaces is not None:  # ZeroGPU: the events that generate run with a GPU attached
         for dep in demo.fns.values():
@@ -500,8 +558,7 @@ def launch_kwargs(args, app: App) -> dict:
         max_file_size=0 if args.kiosk else MAX_UPLOAD,  # the kiosk has no upload field: it accepts no file
         state_session_capacity=SESSION_CAPACITY,
     )
-    if args.kiosk:
-        kwargs["css"] = KIOSK_CSS
+    kwargs["css"] = KIOSK_CSS if args.kiosk else ADVANCED_CSS
     return kwargs
 
 
@@ -523,10 +580,17 @@ def main(argv=None) -> int:
     except (ModelLoadError, PresetError, StartupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"fp8pipe ready: model {app.model}, preset {app.preset.name}, {'kiosk' if app.kiosk else 'advanced'} mode", file=sys.stderr)
+    from fp8pipe.naming import model_display_name
+
+    print(f"fp8pipe ready: model {model_display_name(app.model)}, preset {app.preset.name}, {'kiosk' if app.kiosk else 'advanced'} mode", file=sys.stderr)
     stop_on_signals()  # SIGTERM as Ctrl-C: Gradio closes the server, then the lines below run
     try:
-        demo.launch(**launch_kwargs(args, app))
+        # quiet: Gradio's own lines include a hint to set `share=True` in launch(); ours is --share.
+        _, local_url, share_url = demo.launch(**launch_kwargs(args, app), quiet=True, prevent_thread_lock=True)
+        print(f"* Running on local URL:  {local_url}", flush=True)
+        if share_url:
+            print(f"* Running on public URL: {share_url} (for up to a week)", flush=True)
+        demo.block_thread()
     finally:
         exit_cleanly(demo, app.engine, app.outputs)
     return 0

@@ -26,10 +26,10 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default="demo", help="demo (default), a hub id, a diffusers folder, a .safetensors file or an fp8pipe checkpoint")
     p.add_argument("--precision", default="fp8", choices=PRECISIONS, help="transformer precision (default fp8)")
-    p.add_argument("--t5", default="16bit", choices=T5_MODES, help="T5-XXL: 16-bit, fp8 weight-only, on the CPU, or dropped")
-    p.add_argument("--fp8-path", default="auto", choices=FP8_PATH_CHOICES, help="FP8 execution: scaled matmul or upcast (auto picks by device)")
+    p.add_argument("--t5", default="16bit", choices=T5_MODES, help="T5-XXL: 16-bit, fp8 weight-only, on the CPU, or dropped (default 16bit)")
+    p.add_argument("--fp8-path", default="auto", choices=FP8_PATH_CHOICES, help="FP8 execution: scaled matmul or upcast (default auto: picks by device)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--base", default=None, help="for a single transformer file: the folder or hub id that provides text encoders and VAE")
+    p.add_argument("--base", default=None, help="for a single transformer file: the folder or hub id that provides text encoders and VAE (default: the family's hub id)")
 
 
 def _load(args):
@@ -90,6 +90,8 @@ def cmd_generate(args) -> int:
         request_for(known)  # a bad setting fails before gigabytes of weights are read
     loaded = _load(args)
     request = request_for(loaded.spec)
+    if args.seed is None:
+        print(f"seed {request.seed} (random; --seed {request.seed} repeats this picture)", file=sys.stderr)
     result = generate(loaded, request, progress=True)
     try:
         path = result.save_png(args.out)
@@ -143,30 +145,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fp8pipe", description="Stable Diffusion 3.5 with an FP8 transformer")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .specs import SPECS
+
+    def per_model(attr: str) -> str:
+        return "default: the model's: " + ", ".join(f"{spec.name} {getattr(spec, attr)}" for spec in SPECS.values())
+
     g = sub.add_parser("generate", help="write one image as a PNG with its parameters")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--prompt", required=True, help="what to draw (the demo model knows only the words of its captions: see the README)")
+    g.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
     g.add_argument("--out", required=True, help="the PNG file to write")
-    g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--guidance", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--shift", type=float, default=None, help="timestep shift of the flow-matching schedule (default: the model's, 3.0)")
+    g.add_argument("--steps", type=int, default=None, help=f"denoising steps ({per_model('steps')})")
+    g.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale ({per_model('guidance')})")
+    g.add_argument("--seed", type=int, default=None, help="0 to 4294967295; the same seed gives the same picture (default: a random seed, printed)")
+    g.add_argument("--width", type=int, default=None, help=f"pixels, a multiple of 16 ({per_model('resolution')})")
+    g.add_argument("--height", type=int, default=None, help="pixels, a multiple of 16 (default: the model's, as for --width)")
+    g.add_argument("--shift", type=float, default=None, help=f"timestep shift of the flow-matching schedule ({per_model('shift')})")
     g.add_argument("--json", action="store_true", help="print the stats as one JSON object")
     _add_load_options(g)
     g.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("quantize", help="write an FP8 checkpoint (safetensors only) that --model DIR loads")
-    q.add_argument("--model", required=True)
-    q.add_argument("--out", required=True)
-    q.add_argument("--device", default="auto")
-    q.add_argument("--base", default=None)
+    q.add_argument("--model", required=True, help="what to quantize: a hub id or family name, a diffusers folder, a .safetensors file")
+    q.add_argument("--out", required=True, help="the checkpoint folder to write (created)")
+    q.add_argument("--device", default="auto", help="where the weights are quantized as they arrive: auto (default), cpu, cuda")
+    q.add_argument("--base", default=None, help="for a single transformer file: the folder or hub id with the text encoders and VAE (default: the family's hub id)")
     q.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("policy", help="what the FP8 policy quantizes and keeps for a model family, and the bytes (no download, no memory)")
-    p.add_argument("--model", default="sd3.5-large")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", default="sd3.5-large", help="a model family: sd3.5-large (default), sd3.5-large-turbo, sd3.5-medium, demo")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_policy)
 
     from .bench import add_bench_command

@@ -368,7 +368,7 @@ class Engine:
                 "width": job.request.width,
                 "height": job.request.height,
                 "batch": job.request.batch,
-                "model": loaded.name,
+                "model": loaded.display_name,
                 "precision": loaded.options.precision,
                 "fp8_path": loaded.fp8_path,
                 "device": str(self.device),

@@ -87,9 +87,16 @@ class LoadedModel:
     def random_weights(self) -> bool:
         return self.source_kind == "random" or (self.spec.random_weights and self.source_kind in ("demo", "fp8_checkpoint-demo"))
 
+    @property
+    def display_name(self) -> str:
+        """The model's name for PNG chunks and stats: a hub id, family or folder name, never a path."""
+        from .naming import model_display_name
+
+        return model_display_name(self.name, self.source_kind)
+
     def describe(self) -> dict:
         return {
-            "model": self.name,
+            "model": self.display_name,
             "source": self.source_kind,
             "family": self.spec.name,
             "device": str(self.device),
@@ -414,7 +421,7 @@ def _pretrained_components(location: str, t5: str) -> dict:
     from diffusers import StableDiffusion3Pipeline
 
     # bf16 as SD3.5 stores them (lossless): T5-XXL never sits in fp32 on the host on its way in.
-    kwargs = {"transformer": None, "use_safetensors": True, "torch_dtype": torch.bfloat16}
+    kwargs = {"transformer": None, "use_safetensors": True, "dtype": torch.bfloat16}
     if t5 == "drop":
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
     try:

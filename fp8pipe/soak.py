@@ -155,20 +155,20 @@ def _count(low: int, high: int):
 
 def add_soak_commands(subparsers) -> None:
     s = subparsers.add_parser("soak", help="many requests through one engine; memory growth after warm-up")
-    s.add_argument("--requests", type=_count(1, 1_000_000), default=1000, help="how many requests (1 to 1000000)")
-    s.add_argument("--warmup", type=_count(0, 1_000_000), default=50, help="requests before memory is measured (0 to 1000000)")
-    s.add_argument("--model", default="demo")
-    s.add_argument("--steps", type=_count(1, 150), default=2)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", default=None, help="also write the JSON here")
+    s.add_argument("--requests", type=_count(1, 1_000_000), default=1000, help="how many requests in all, 1 to 1000000 (default 1000); every 10th is cancelled, every 25th invalid")
+    s.add_argument("--warmup", type=_count(0, 1_000_000), default=50, help="requests before memory is first sampled, 0 to 1000000 (default 50)")
+    s.add_argument("--model", default="demo", help="the model to serve (default demo)")
+    s.add_argument("--steps", type=_count(1, 150), default=2, help="denoising steps per request, 1 to 150 (default 2)")
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    s.add_argument("--out", default=None, help="also write the JSON here (default: print only)")
     s.set_defaults(func=lambda a: _report(run_soak(a.requests, a.warmup, a.model, a.steps, a.device), a.out))
 
     ld = subparsers.add_parser("load", help="concurrent gradio_client clients against a running app")
-    ld.add_argument("--url", required=True)
-    ld.add_argument("--clients", type=_count(1, 10_000), default=50, help="concurrent clients (1 to 10000)")
-    ld.add_argument("--requests", type=_count(1, 1_000_000), default=20, help="requests per client (1 to 1000000)")
-    ld.add_argument("--steps", type=_count(1, 150), default=2)
-    ld.add_argument("--out", default=None, help="also write the JSON here")
+    ld.add_argument("--url", required=True, help="the running app, e.g. http://127.0.0.1:7860/")
+    ld.add_argument("--clients", type=_count(1, 10_000), default=50, help="concurrent clients, 1 to 10000 (default 50)")
+    ld.add_argument("--requests", type=_count(1, 1_000_000), default=20, help="requests per client, one after another, 1 to 1000000 (default 20)")
+    ld.add_argument("--steps", type=_count(1, 150), default=2, help="denoising steps per request, 1 to 150 (default 2)")
+    ld.add_argument("--out", default=None, help="also write the JSON here (default: print only)")
     ld.set_defaults(func=lambda a: _report(run_load(a.url, a.clients, a.requests, a.steps), a.out))
 
 

@@ -127,7 +127,7 @@ precision = "fp8"
 idle_seconds = 10
 queue_size = 1
 previews = true
-examples = ["a red circle", "a blue square"]
+examples = ["a red circle", "a lighthouse on a cliff", "a blue square"]  # the lighthouse: words the demo does not know
 filter_words = ["nude", "gore"]
 
 [defaults]

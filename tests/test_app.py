@@ -103,3 +103,22 @@ def test_a_full_queue_is_a_clear_error_and_queued_work_still_completes(kiosk_app
         release.set()
     assert Image.open(first.result(timeout=60)[0]).size == (64, 64)
     assert Image.open(second.result(timeout=60)[0]).size == (64, 64)
+
+
+def test_a_prompt_word_the_demo_does_not_know_is_warned_about_in_the_stats(advanced_app):
+    url, _ = advanced_app
+    _, stats = Client(url, verbose=False).predict(prompt="a red lighthouse", seed=1, steps=1, api_name="/generate")
+    assert stats["warning"] == "the demo model does not know 'lighthouse': those words are ignored"
+    _, stats = Client(url, verbose=False).predict(prompt="a red star", seed=1, steps=1, api_name="/generate")
+    assert "warning" not in stats
+
+
+def test_a_refused_input_is_one_log_line_with_field_value_and_client_and_no_traceback(advanced_app, caplog, capfd):
+    import logging
+
+    url, _ = advanced_app
+    with caplog.at_level(logging.WARNING, logger="fp8pipe.app"), pytest.raises(Exception, match="width: must be"):
+        Client(url, verbose=False).predict(prompt="a red ball", width=100, api_name="/generate")
+    refused = [r.getMessage() for r in caplog.records if r.name == "fp8pipe.app"]
+    assert len(refused) == 1 and refused[0].startswith("refused width=100 from 127.0.0.1: width: must be")
+    assert "Traceback" not in capfd.readouterr().err

@@ -56,3 +56,9 @@ def test_python_app_py_serves_the_demo_model_on_the_cpu():
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_help_gives_host_and_port_defaults_and_their_environment_variables():
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
+    flat = " ".join(out.split())
+    assert "(default 127.0.0.1; env GRADIO_SERVER_NAME)" in flat and "(default 7860; env GRADIO_SERVER_PORT)" in flat

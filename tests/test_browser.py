@@ -1,6 +1,8 @@
 """The kiosk and advanced pages in headless Debian chromium, driven by Playwright.
 
-Also writes the README's screenshots (docs/kiosk.png, docs/advanced.png).
+With FP8PIPE_REFRESH_DOCS=1 they also rewrite the README's screenshots (docs/kiosk.png from
+`python app.py --kiosk`, docs/advanced.png from `python app.py`); otherwise screenshots go
+to a temporary folder, so a test run leaves the checkout as it was.
 """
 
 import os
@@ -11,6 +13,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+REFRESH_DOCS = os.environ.get("FP8PIPE_REFRESH_DOCS") == "1"
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("Debian chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
 
@@ -20,12 +23,59 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.fixture
+def screenshots(tmp_path):
+    """Where screenshots go: docs/ when asked to refresh them, else this test's temporary folder."""
+    return DOCS if REFRESH_DOCS else tmp_path
+
+
+@pytest.fixture(scope="module")
+def plain_kiosk_app():
+    """`python app.py --kiosk` as the README runs it: the demo model, the cpu-demo preset."""
+    from conftest import start_app
+
+    url, demo, state = start_app(["--kiosk"])
+    yield url, state
+    demo.close()
+    state.engine.close()
+
+
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         yield b
         b.close()
+
+
+def test_the_attract_screen_shows_example_pictures_on_a_fresh_start(browser, kiosk_app):
+    url, state = kiosk_app
+    assert not state.recent and state.examples  # nobody has made a picture yet
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    expect(page.locator("#attract-image img")).to_be_visible(timeout=30_000)
+    assert page.locator("#attract-image img").get_attribute("src")
+    page.close()
+
+
+def test_the_kiosk_offers_only_words_the_demo_knows(browser, kiosk_app):
+    """The test preset lists an example ("a lighthouse on a cliff") and a style (", bright
+    colors") the demo model does not know: neither is offered."""
+    from fp8pipe.vocabulary import unknown_words
+
+    url, _ = kiosk_app
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.locator("#start-button").click()
+    placeholder = page.locator("#prompt textarea").get_attribute("placeholder")
+    chips = page.locator("#ideas button")
+    expect(chips.first).to_be_visible(timeout=30_000)
+    ideas = [t.strip() for t in chips.all_inner_texts()]
+    assert ideas == ["a red circle", "a blue square"]
+    assert placeholder == "a red circle" and not unknown_words(placeholder)
+    expect(page.locator("#style")).to_be_hidden()  # "Plain" is the only style left
+    expect(page.locator("#vocabulary")).to_contain_text("circle, square, triangle, star")
+    page.close()
 
 
 def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browser, kiosk_app):
@@ -40,8 +90,6 @@ def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browse
     page.locator("#generate-button").click()
     expect(page.locator("#result-image img")).to_be_visible(timeout=60_000)
     expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "kiosk.png"), full_page=True)
     # Nobody touches it: after idle_seconds (10 s in the test preset) it resets itself.
     expect(page.locator("#attract")).to_be_visible(timeout=30_000)
     expect(page.locator("#kiosk-main")).to_be_hidden()
@@ -50,15 +98,75 @@ def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browse
     page.close()
 
 
-def test_advanced_mode_generates_and_shows_stats(browser, advanced_app):
+def test_the_kiosk_as_the_readme_starts_it(browser, plain_kiosk_app, screenshots):
+    """docs/kiosk.png is this page: `python app.py --kiosk`, one picture made."""
+    url, _ = plain_kiosk_app
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    expect(page.locator("#attract-image img")).to_be_visible(timeout=30_000)
+    page.locator("#start-button").click()
+    page.locator("#prompt textarea").fill("a red star on the left on a white background")
+    page.locator("#generate-button").click()
+    expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
+    expect(page.locator("#result-image img")).to_be_visible()
+    screenshots.mkdir(exist_ok=True)
+    page.screenshot(path=str(screenshots / "kiosk.png"), full_page=True)
+    page.close()
+
+
+def test_advanced_mode_generates_and_shows_stats(browser, advanced_app, screenshots):
     url, _ = advanced_app
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.locator("#prompt textarea").fill("a yellow square in the center on a black background")
     page.locator("#generate-button").click()
     expect(page.locator("#result-gallery img").first).to_be_visible(timeout=60_000)
-    expect(page.get_by_text("latency_s").first).to_be_visible(timeout=30_000)
-    page.screenshot(path=str(DOCS / "advanced.png"), full_page=True)
+    expect(page.locator("#stats-table")).to_contain_text("denoise", timeout=30_000)
+    expect(page.locator("#stats-table")).to_contain_text("peak memory")
+    expect(page.locator("#result-gallery")).to_contain_text("Images (64x64 px, shown at 4x)")
+    expect(page.locator("#history img").first).to_be_visible()
+    expect(page.get_by_text("latency_s")).to_have_count(0)  # the raw JSON waits behind its toggle
+    page.locator("#stats-json").get_by_text("Stats as JSON").click()
+    expect(page.get_by_text("latency_s").first).to_be_visible()
+    page.locator("#stats-json").get_by_text("Stats as JSON").click()
+    screenshots.mkdir(exist_ok=True)
+    page.screenshot(path=str(screenshots / "advanced.png"), full_page=True)
+    page.close()
+
+
+def test_history_belongs_to_one_browser_session(browser, advanced_app):
+    """One visitor generates; another visitor's History stays empty, and once they generate
+    too, it holds their picture alone."""
+    url, _ = advanced_app
+    maker, other = browser.new_context(viewport={"width": 1400, "height": 1000}), browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        mine, theirs = maker.new_page(), other.new_page()
+        theirs.goto(url)
+        mine.goto(url)
+        mine.locator("#prompt textarea").fill("a blue circle on a white background")
+        mine.locator("#generate-button").click()
+        expect(mine.locator("#history img").first).to_be_visible(timeout=60_000)
+        expect(theirs.locator("#generate-button")).to_be_visible()
+        expect(theirs.locator("#history img")).to_have_count(0)
+        theirs.reload()
+        expect(theirs.locator("#generate-button")).to_be_visible(timeout=30_000)
+        expect(theirs.locator("#history img")).to_have_count(0)
+        theirs.locator("#prompt textarea").fill("a green square on a black background")
+        theirs.locator("#generate-button").click()
+        expect(theirs.locator("#history")).to_contain_text("seed", timeout=60_000)
+        expect(theirs.locator("#history img")).to_have_count(1)
+    finally:
+        maker.close()
+        other.close()
+
+
+def test_generate_is_above_the_fold_on_a_laptop_screen(browser, advanced_app):
+    url, _ = advanced_app
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(url)
+    expect(page.locator("#generate-button")).to_be_in_viewport(timeout=30_000)
+    assert page.locator("#prompt textarea").get_attribute("placeholder")
+    expect(page.locator("#examples")).to_be_visible()
     page.close()
 
 
@@ -70,7 +178,7 @@ def test_advanced_compare_mode_shows_fp8_and_bf16_with_their_difference(browser,
     page.get_by_label("Compare FP8 with BF16 (same seed)").check()
     page.locator("#generate-button").click()
     expect(page.locator("#result-gallery img")).to_have_count(2, timeout=60_000)
-    expect(page.get_by_text("psnr_db").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#stats-table")).to_contain_text("FP8 against BF16: PSNR", timeout=30_000)
     expect(page.locator("#diff-image img")).to_be_visible()
     page.close()
 

@@ -40,7 +40,7 @@ def test_generate_writes_a_png_with_its_parameters_and_prints_stats(tmp_path):
     assert image.format == "PNG" and image.size == (DEMO_SIDE, DEMO_SIDE)
     params = parse_parameters(image.text["parameters"])
     assert params["prompt"] == "a red ball"
-    assert params["Steps"] == str(stats["steps"]) and params["Seed"] == "0" and params["Size"] == f"{DEMO_SIDE}x{DEMO_SIDE}"
+    assert params["Steps"] == str(stats["steps"]) and params["Seed"] == str(stats["seed"]) and params["Size"] == f"{DEMO_SIDE}x{DEMO_SIDE}"
     assert params["Model"] == "demo" and params["Precision"] == "fp8"
     assert "random weights" not in proc.stderr  # the shipped demo model is trained
     assert "8/8" in proc.stderr  # the tqdm progress bar
@@ -97,3 +97,26 @@ def test_policy_reports_the_layers_and_bytes_of_a_full_size_model(capsys):
     assert main(["policy", "--model", "sd3.5-medium", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "sd3.5-medium" and report["fp8_over_bf16"] < 0.52
+
+
+@pytest.mark.parametrize("command", ["generate", "quantize", "policy", "soak", "load"])
+def test_every_option_has_a_help_line_that_gives_its_default(command):
+    import argparse
+
+    from fp8pipe.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help line"
+        if not action.required and not isinstance(action, argparse._StoreTrueAction):
+            assert "default" in action.help, f"{command} {action.option_strings[0]}: {action.help!r} gives no default"
+
+
+def test_generate_without_a_seed_picks_a_random_one_and_prints_it(tmp_path):
+    proc = run_cli("generate", "--prompt", "a red circle", "--out", str(tmp_path / "x.png"), "--steps", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    seed = json.loads(proc.stdout)["seed"]
+    assert f"seed {seed} (random; --seed {seed} repeats this picture)" in proc.stderr
+    assert parse_parameters(Image.open(tmp_path / "x.png").text["parameters"])["Seed"] == str(seed)

@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(TrainConfig):
         t.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     e = sub.add_parser("eval", help="held-out prompt adherence per precision, and FP8-vs-FP32 PSNR")
-    e.add_argument("--model", default="demo")
-    e.add_argument("--limit", type=int, default=0, help="score only the first N held-out prompts (0: all)")
-    e.add_argument("--precisions", default="fp32,bf16,fp8")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--model", default="demo", help="the model to score (default demo)")
+    e.add_argument("--limit", type=int, default=0, help="score N held-out prompts spread over the set (default 0: all 40, as the README table)")
+    e.add_argument("--precisions", default="fp32,bf16,fp8", help="comma-separated (default fp32,bf16,fp8: the README table's rows)")
+    e.add_argument("--json", action="store_true", help="print the report on one line")
     e.add_argument("--save", action="store_true", help="write eval.json into the shipped model folder and refresh its model card")
     g = sub.add_parser("grid", help="a grid of the demo model's pictures")
     g.add_argument("--out", default="docs/demo_grid.png")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         from .adherence import evaluate
 
-        report = evaluate(args.model, precisions=tuple(args.precisions.split(",")), limit=args.limit)
+        report = evaluate(args.model, precisions=tuple(args.precisions.split(",")), limit=args.limit, progress=True)
         print(json.dumps(report, indent=None if args.json else 2))
         if args.save:
             from .train import MODEL_DIR, rewrite_model_card

@@ -133,7 +133,7 @@ def score(image, scene: data.Scene) -> dict[str, float]:
 EVAL_SEED = 1234
 
 
-def _generate_all(model: str, precision: str, scenes: list[data.Scene]):
+def _generate_all(model: str, precision: str, scenes: list[data.Scene], bar=None):
     from ..generation import generate
     from ..loader import LoadOptions, load_model
     from ..requests import GenerationRequest
@@ -144,21 +144,33 @@ def _generate_all(model: str, precision: str, scenes: list[data.Scene]):
     for i, scene in enumerate(scenes):
         request = GenerationRequest.create(spec, data.eval_prompt(scene), seed=EVAL_SEED + i, width=spec.resolution, height=spec.resolution)
         images.append(generate(loaded, request).image)
+        if bar is not None:
+            bar.update(1)
     return images
 
 
-def evaluate(model: str = "demo", precisions: tuple[str, ...] = ("fp32", "bf16", "fp8"), limit: int = 0) -> dict:
+def evaluate(model: str = "demo", precisions: tuple[str, ...] = ("fp32", "bf16", "fp8"), limit: int = 0, progress: bool = False) -> dict:
     """Mean adherence over the held-out prompts for each precision (same seeds), and the mean
-    PSNR of each FP8 picture against its FP32 twin."""
+    PSNR of each FP8 picture against its FP32 twin. With `progress`, a bar on stderr says what
+    runs and the time left."""
+    import sys
+
     import torch
+    from tqdm import tqdm
 
     torch.set_num_threads(2)
     scenes = data.eval_scenes()
     scenes = scenes[:: max(1, len(scenes) // limit)][:limit] if limit else scenes  # a spread, not the first few triples
     report: dict = {}
     pictures = {}
+    total = len(precisions) * len(scenes)
+    if progress:
+        print(f"eval: {len(scenes)} held-out prompts x {len(precisions)} precisions ({', '.join(precisions)}) = {total} pictures; "
+              "the bar's estimate settles after the first few", file=sys.stderr)
+    bar = tqdm(total=total, unit="picture", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for precision in precisions:
-        pictures[precision] = _generate_all(model, precision, scenes)
+        bar.set_description(f"{precision} pictures")
+        pictures[precision] = _generate_all(model, precision, scenes, bar)
         scores = [score(img, s) for img, s in zip(pictures[precision], scenes)]
         report[precision] = round(float(np.mean([s["mean"] for s in scores])), 4)
         report[f"{precision}_checks"] = {c: round(float(np.mean([s[c] for s in scores])), 4) for c in CHECKS}
@@ -167,6 +179,7 @@ def evaluate(model: str = "demo", precisions: tuple[str, ...] = ("fp32", "bf16",
         report["psnr_fp8_vs_fp32_db"] = round(float(np.mean([min(v, 99.0) for v in values])), 2)
         report["psnr_fp8_vs_fp32_min_db"] = round(float(min(values)), 2)
     report["prompts"] = len(scenes)
+    bar.close()
     return report
 
 

@@ -1,0 +1,27 @@
+"""The kiosk's attract screen on a fresh start: example pictures, made at start-up by the
+served model from the preset's example prompts, until visitors' own pictures exist."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+EXAMPLE_PICTURES = 3
+
+
+def example_pictures(engine, model: str, preset, spec, precision: str, prompts, folder: Path, count: int = EXAMPLE_PICTURES) -> list[str]:
+    """PNG paths of up to `count` pictures of `prompts` (fixed seeds, the preset's defaults).
+    A prompt that fails is skipped with a log line: the attract screen is a nicety."""
+    from .service import build_request, save_png
+
+    paths = []
+    for i, prompt in enumerate(list(prompts)[:count]):
+        try:
+            request = build_request(preset, spec, prompt, seed=i)
+            result = engine.generate(request, model=model, precision=precision)
+        except Exception as e:  # noqa: BLE001 - a missing example must not stop the kiosk
+            log.warning("attract example %r not made: %s", prompt, e)
+            continue
+        paths += [str(p) for p in save_png(result, folder)]
+    return paths

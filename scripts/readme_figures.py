@@ -1,0 +1,218 @@
+"""The README's figures, generated from the committed results (never typed by hand).
+
+Each generated part of README.md sits between `<!-- figures:NAME -->` and
+`<!-- /figures:NAME -->`; this script rewrites what is between them from:
+
+- fp8pipe/demo/model/eval.json and bench/results/demo-eval-reruns.json: the demo eval table,
+  its spread over reruns, the fidelity line;
+- bench/results/cpu-tiny.json: the CPU benchmark table and the demo's latency;
+- the FP8 policy on the meta device (what `python -m fp8pipe policy` prints): the weight bytes;
+- fp8pipe/vocabulary.py: the words the demo model knows.
+
+    python scripts/readme_figures.py           rewrite README.md
+    python scripts/readme_figures.py --check   exit 1 (and say which part) if README.md differs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+README = ROOT / "README.md"
+EVAL = ROOT / "fp8pipe" / "demo" / "model" / "eval.json"
+RERUNS = ROOT / "bench" / "results" / "demo-eval-reruns.json"
+BENCH = ROOT / "bench" / "results" / "cpu-tiny.json"
+GIB = 2**30
+PRECISIONS = ("fp32", "bf16", "fp8")
+BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def policy_bytes(model: str) -> dict:
+    """What `python -m fp8pipe policy --model MODEL --json` reports (meta device: no memory)."""
+    from fp8pipe.loader import transformer_report_on_meta
+    from fp8pipe.specs import find_spec
+
+    spec = find_spec(model)
+    return {"model": spec.name, **transformer_report_on_meta(spec.transformer_config)}
+
+
+def gib(value: float) -> str:
+    return f"{value / GIB:.2f} GiB"
+
+
+def policy_text() -> str:
+    large, medium = policy_bytes("sd3.5-large"), policy_bytes("sd3.5-medium")
+    return (
+        "- **The policy is data** (`fp8pipe/fp8.py`, `FP8Policy`): every `nn.Linear` under\n"
+        "  `transformer_blocks.*` (attention, MLPs and the AdaLN modulation, which holds a third of the\n"
+        "  bytes) is quantized; the timestep and pooled-text embeddings, `context_embedder`, the final\n"
+        "  `norm_out` modulation and `proj_out` stay 16-bit. A layer whose width is not a multiple of\n"
+        f"  16 runs the upcast path, said in a log line. SD3.5 Large: {large['quantized_layers']} layers quantized, "
+        f"{len(large['kept_linear_layers'])} kept,\n"
+        f"  **{gib(large['fp8_bytes'])} in FP8 against {gib(large['bf16_bytes'])} in BF16 ({large['fp8_over_bf16']:.3f}x)**; "
+        f"Medium {gib(medium['fp8_bytes'])} against {gib(medium['bf16_bytes'])}\n"
+        f"  ({medium['fp8_over_bf16']:.3f}x), as `python -m fp8pipe policy` prints them.\n"
+    )
+
+
+def _bench_rows() -> tuple[dict, dict, dict]:
+    report = _load(BENCH)
+    rows = {r["precision"]: r for r in report["rows"] if r.get("status") == "ok"}
+    return report, rows["bf16"], rows["fp8"]
+
+
+def demo_latency_text() -> str:
+    report, bf16, fp8 = _bench_rows()
+    env = report["environment"]
+    return (
+        "It answers prompts such as \"a red star on the left on a white background\" or \"a yellow square at the\n"
+        f"top on a black background\" at {fp8['resolution']}x{fp8['resolution']}, {fp8['steps']} steps: {fp8['latency_s']:.2f} s in FP8 and "
+        f"{bf16['latency_s']:.2f} s in BF16 from prompt to picture in\n"
+        f"the tiny CPU benchmark ({env['cpu']}, {env['cpu_threads']} threads, [bench/results/cpu-tiny.json](bench/results/cpu-tiny.json));\n"
+        "the app adds its web round trip and previews, and a busy or slower CPU takes longer.\n"
+    )
+
+
+def fidelity_text() -> str:
+    ev = _load(EVAL)
+    final = _load(BENCH)["fidelity"][0]["final_latent_rel_l2"]
+    return (
+        "- **Fidelity** on the tiny test model: FP8 transformer output within 5% relative L2 of\n"
+        f"  fp32 on both paths (a test); in the tiny benchmark run, {100 * final:.1f}% on the final latent; on the\n"
+        f"  trained demo model, held-out prompt adherence {ev['fp8']:.3f} in FP8 against {ev['fp32']:.3f} in fp32 and "
+        f"{ev['psnr_fp8_vs_fp32_db']:.1f} dB\n  mean PSNR between them (see [Demo model](#demo-model)).\n"
+    )
+
+
+def bench_text() -> str:
+    report, bf16, fp8 = _bench_rows()
+    env = report["environment"]
+    ratio = fp8.get("fp8_vs_bf16") or {}
+    final = report["fidelity"][0]["final_latent_rel_l2"]
+    head = "| model | prec | px | steps | cfg | step ms | TFLOP/img | latency s | host peak GiB | FP8/BF16 step | FP8/BF16 latency | rel L2 final |"
+    lines = [
+        "CPU run of the tiny (demo) architecture, from [bench/results/cpu-tiny.md](bench/results/cpu-tiny.md)",
+        f"({env['cpu']}, {env['cpu_threads']} shared threads, torch {env['torch']}, diffusers {env['diffusers']}). It proves the harness and",
+        "says nothing about GPU speed. The FP8/BF16 ratio on a CPU depends on the CPU's FP8 support: where",
+        "`torch._scaled_mm` has no fast FP8 kernel it is slower than a plain matmul (a ratio above 1, as here),",
+        "and the same run on another CPU gives another ratio.",
+        "",
+        head,
+        "|:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|:--|:--|",
+    ]
+    for r in (bf16, fp8):
+        fp8_row = r is fp8
+        name = f"{r['precision']} ({r['fp8_path']})" if fp8_row else r["precision"]
+        ratios = [f"{ratio['step_time_s']:.2f}", f"{ratio['latency_s']:.2f}", f"{final:.4f}"] if fp8_row else ["n/a"] * 3
+        cells = [r["model"], name, r["resolution"], r["steps"], r["guidance"], f"{1000 * r['step_time_s']:.1f}", f"{r['tflop_per_image']:.4f}",
+                 f"{r['latency_s']:.3f}", f"{r['peak_host_bytes'] / GIB:.2f}", *ratios]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def eval_runs() -> list[dict]:
+    """The committed eval first, then every rerun on record."""
+    reruns = _load(RERUNS)["runs"] if RERUNS.is_file() else []
+    return [{"source": "eval.json", **_load(EVAL)}, *reruns]
+
+
+def eval_text() -> str:
+    from fp8pipe.demo import data
+
+    ev, runs = _load(EVAL), eval_runs()
+    step = 1 / (len(("background", "color", "shape", "position")) * ev["prompts"])
+    lines = [
+        f"Held-out eval ({ev['prompts']} prompts: the {len(data.HELD_OUT)} color/shape/background triples never seen in training, "
+        f"x {len(data.POSITIONS)}",
+        "positions; same seeds per precision), `python -m fp8pipe.demo eval --json`, from",
+        "[fp8pipe/demo/model/eval.json](fp8pipe/demo/model/eval.json):",
+        "",
+        "| transformer | adherence | background | color | shape | position | over all runs on record |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in PRECISIONS:
+        checks = ev[f"{p}_checks"]
+        values = [r[p] for r in runs if p in r]
+        spread = f"{min(values):.4f} to {max(values):.4f} ({len(values)} runs)" if len(values) > 1 else "one run"
+        lines.append(f"| {p} | {ev[p]:.4f} | " + " | ".join(f"{checks[c]:.3f}" for c in ("background", "color", "shape", "position")) + f" | {spread} |")
+    lines += [
+        "",
+        f"Each check is right or wrong for one picture, so one picture coming out differently moves the mean by {step:.5f}",
+        "(and its column by " + f"{1 / ev['prompts']:.3f}). The eval is deterministic on one machine, but float rounding differs",
+        "between CPUs, so a rerun elsewhere moves a few pictures: the last column gives the range over the runs in",
+        "[bench/results/demo-eval-reruns.json](bench/results/demo-eval-reruns.json). Differences between precisions smaller than",
+        "that range are noise.",
+        "",
+        f"FP8 against FP32 with the same seed: mean PSNR {ev['psnr_fp8_vs_fp32_db']:.1f} dB; the lowest single picture is "
+        f"{ev['psnr_fp8_vs_fp32_min_db']:.1f} dB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def vocabulary_text() -> str:
+    from fp8pipe.vocabulary import demo_word_groups
+
+    return "\n".join(f"- {name}: {', '.join(words)}" for name, words in demo_word_groups().items()) + "\n"
+
+
+GENERATORS = {
+    "policy": policy_text,
+    "demo-latency": demo_latency_text,
+    "fidelity": fidelity_text,
+    "bench": bench_text,
+    "eval": eval_text,
+    "vocabulary": vocabulary_text,
+}
+
+
+def render(text: str) -> str:
+    """README text with every figures block regenerated."""
+
+    def fill(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in GENERATORS:
+            raise SystemExit(f"README.md: unknown figures block {name!r}; known: {', '.join(GENERATORS)}")
+        return m.group(1) + GENERATORS[name]() + m.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def stale_blocks(text: str) -> list[str]:
+    """The names of the blocks whose text differs from what the committed results give."""
+    fresh = {m.group("name"): m.group("body") for m in BLOCK.finditer(render(text))}
+    return [m.group("name") for m in BLOCK.finditer(text) if m.group("body") != fresh[m.group("name")]]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md is stale (default: rewrite it)")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    missing = sorted(set(GENERATORS) - {m.group("name") for m in BLOCK.finditer(text)})
+    if missing:
+        print(f"README.md lacks figures blocks: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if args.check:
+        stale = stale_blocks(text)
+        if stale:
+            print(f"README.md figures differ from the committed results in: {', '.join(stale)} (run python scripts/readme_figures.py)", file=sys.stderr)
+            return 1
+        print("README.md figures match the committed results")
+        return 0
+    README.write_text(render(text))
+    print(f"rewrote {len(GENERATORS)} figures blocks in README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
