@@ -7,7 +7,8 @@ Each generated part of README.md sits between `<!-- figures:NAME -->` and
   its spread over reruns, the fidelity line;
 - bench/results/cpu-tiny.json: the CPU benchmark table and the demo's latency;
 - the FP8 policy on the meta device (what `python -m fp8pipe policy` prints): the weight bytes;
-- fp8pipe/vocabulary.py: the words the demo model knows.
+- fp8pipe/vocabulary.py: the words the demo model knows;
+- bench/results/gpu-check/: the GPU check's bench, kiosk and probe runs (`python -m fp8pipe check`).
 
     python scripts/readme_figures.py           rewrite README.md
     python scripts/readme_figures.py --check   exit 1 (and say which part) if README.md differs
@@ -28,6 +29,7 @@ README = ROOT / "README.md"
 EVAL = ROOT / "fp8pipe" / "demo" / "model" / "eval.json"
 RERUNS = ROOT / "bench" / "results" / "demo-eval-reruns.json"
 BENCH = ROOT / "bench" / "results" / "cpu-tiny.json"
+GPU_CHECK = ROOT / "bench" / "results" / "gpu-check"
 GIB = 2**30
 PRECISIONS = ("fp32", "bf16", "fp8")
 BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
@@ -165,6 +167,74 @@ def vocabulary_text() -> str:
     return "\n".join(f"- {name}: {', '.join(words)}" for name, words in demo_word_groups().items()) + "\n"
 
 
+def _gpu_env(report: dict) -> str:
+    env = report["environment"]
+    return f"{env['device']}, driver {env['driver']}, CUDA {env['cuda_runtime']}, torch {env['torch']}, diffusers {env['diffusers']}, {env['created_utc'][:10]}"
+
+
+def gpu_bench_text() -> str:
+    """The GPU check's bench stage: BF16 against FP8 without a cap and under the 8 GiB cap."""
+    report = _load(GPU_CHECK / "bench.json")
+    lines = [
+        f"Measured by `python -m fp8pipe check` ([bench/results/gpu-check/bench.md](bench/results/gpu-check/bench.md); {_gpu_env(report)}).",
+        "Full-size architectures with random weights, 1024 px, 4 steps, T5 dropped (333 text tokens), median of 3 images",
+        "after a warm-up; compiled = each MMDiT block compiled (`fp8pipe/compiling.py`). Under the cap the memory is capped",
+        "with `torch.cuda.set_per_process_memory_fraction` and the placement is the planner's.",
+        "",
+        "| model | cap | compile | placement | BF16 step ms | FP8 step ms | FP8/BF16 step | BF16 peak GiB | FP8 peak GiB | FP8/BF16 peak | FP8 image s |",
+        "|:--|:--|:--|:--|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for cap, part in (("none", report["data"]["uncapped"]), ("8 GiB", report["data"]["capped"])):
+        rows = part["rows"]
+        for fp8 in (r for r in rows if r["precision"] == "fp8"):
+            twin = next((r for r in rows if r["precision"] == "bf16" and (r["model"], r["compile"]) == (fp8["model"], fp8["compile"])), None)
+            ok = fp8["status"] == "ok" and twin is not None and twin["status"] == "ok"
+            ms = lambda r: f"{r['step_time_s'] * 1000:.0f}" if r and r["status"] == "ok" else r["status"] if r else "n/a"  # noqa: E731
+            peak = lambda r: f"{r['peak_vram_allocated_bytes'] / GIB:.2f}" if r and r["status"] == "ok" else "n/a"  # noqa: E731
+            placement = (fp8.get("plan") or {}).get("placement") or (twin or {}).get("plan", {}).get("placement") or fp8["placement"]
+            lines.append(
+                f"| {fp8['model']} | {cap} | {'on' if fp8['compile'] else 'off'} | {placement} | {ms(twin)} | {ms(fp8)} | "
+                f"{fp8['step_time_s'] / twin['step_time_s']:.2f} | {peak(twin)} | {peak(fp8)} | "
+                f"{fp8['peak_vram_allocated_bytes'] / twin['peak_vram_allocated_bytes']:.2f} | {fp8['latency_s']:.2f} |"
+                if ok
+                else f"| {fp8['model']} | {cap} | {'on' if fp8['compile'] else 'off'} | {placement} | {ms(twin)} | {ms(fp8)} | n/a | {peak(twin)} | {peak(fp8)} | n/a | n/a |"
+            )
+    fid = report["data"]["uncapped"]["fidelity"]
+    lines += ["", "Fidelity proxy (FP8 against the BF16 weights it was quantized from, same inputs, final latent relative L2): "
+              + ", ".join(f"{f['model']} {f['final_latent_rel_l2']:.3f}" for f in fid if "final_latent_rel_l2" in f) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def gpu_kiosk_text() -> str:
+    """The GPU check's kiosk stage: click-to-image through the engine's service path under the cap."""
+    report = _load(GPU_CHECK / "kiosk.json")
+    probe = _load(GPU_CHECK / "probe.json")["data"]
+    data = report["data"]
+    clicks = data["clicks"]
+    lines = [
+        f"The kiosk preset ({data['model']}, FP8, T5 dropped, 4 steps) through the engine's service path under an 8 GiB cap "
+        f"([bench/results/gpu-check/kiosk.md](bench/results/gpu-check/kiosk.md); {_gpu_env(report)}); engine start (load + warm-up) {data['startup_s']:.1f} s:",
+        "",
+        "| px | clicks | click-to-image s (median) | step s | decode s | peak GiB | placement | streamed GiB per step |",
+        "|--:|:--|--:|--:|--:|--:|:--|--:|",
+    ]
+    for size in dict.fromkeys(c["size"] for c in clicks):
+        mine = [c for c in clicks if c["size"] == size]
+        med = lambda key: sorted(c[key] for c in mine)[len(mine) // 2]  # noqa: E731
+        kinds = ", ".join(sorted({c["kind"] for c in mine}))
+        lines.append(
+            f"| {size} | {len(mine)} ({kinds}) | {med('click_to_image_s'):.2f} | {med('step_s'):.3f} | {med('decode_s'):.3f} | "
+            f"{max(c['peak_vram_bytes'] for c in mine) / GIB:.2f} | {mine[0]['plan']['placement']} | {mine[0]['h2d_bytes_per_step'] / GIB:.2f} |"
+        )
+    lines += [
+        "",
+        f"Device probe: BF16 matmul {probe['bf16_matmul_tflops']:.0f} TFLOP/s, FP8 row-wise `_scaled_mm` {probe['fp8_rowwise_scaled_mm_tflops']:.0f} TFLOP/s, "
+        f"device copy {probe['device_copy_gbps']:.0f} GB/s, host to device {probe['h2d_pinned_gbps']:.0f} GB/s pinned / {probe['h2d_pageable_gbps']:.0f} GB/s pageable.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+
 GENERATORS = {
     "policy": policy_text,
     "demo-latency": demo_latency_text,
@@ -172,6 +242,8 @@ GENERATORS = {
     "bench": bench_text,
     "eval": eval_text,
     "vocabulary": vocabulary_text,
+    "gpu-bench": gpu_bench_text,
+    "gpu-kiosk": gpu_kiosk_text,
 }
 
 
