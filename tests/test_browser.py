@@ -1,6 +1,7 @@
 """The kiosk and advanced pages in headless Debian chromium, driven by Playwright.
 
-Also writes the README's screenshots (docs/kiosk.png, docs/advanced.png).
+Screenshots go to a temporary folder, so a test run leaves the tree clean; with
+FP8PIPE_REFRESH_DOCS=1 they refresh the README's (docs/kiosk.png, docs/advanced.png).
 """
 
 import os
@@ -11,6 +12,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+REFRESH_DOCS = os.environ.get("FP8PIPE_REFRESH_DOCS") == "1"
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("Debian chromium is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
 
@@ -21,6 +23,12 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 @pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Where screenshots go: docs/ when asked to refresh it, else a temporary folder."""
+    return DOCS if REFRESH_DOCS else tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
@@ -28,7 +36,7 @@ def browser():
         b.close()
 
 
-def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browser, kiosk_app):
+def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browser, kiosk_app, shots):
     url, _ = kiosk_app
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(url)
@@ -41,7 +49,7 @@ def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browse
     expect(page.locator("#result-image img")).to_be_visible(timeout=60_000)
     expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
     DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "kiosk.png"), full_page=True)
+    page.screenshot(path=str(shots / "kiosk.png"), full_page=True)
     # Nobody touches it: after idle_seconds (10 s in the test preset) it resets itself.
     expect(page.locator("#attract")).to_be_visible(timeout=30_000)
     expect(page.locator("#kiosk-main")).to_be_hidden()
@@ -50,7 +58,7 @@ def test_kiosk_makes_an_image_and_returns_to_the_attract_screen_when_idle(browse
     page.close()
 
 
-def test_advanced_mode_generates_and_shows_stats(browser, advanced_app):
+def test_advanced_mode_generates_and_shows_stats(browser, advanced_app, shots):
     url, _ = advanced_app
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
@@ -58,7 +66,7 @@ def test_advanced_mode_generates_and_shows_stats(browser, advanced_app):
     page.locator("#generate-button").click()
     expect(page.locator("#result-gallery img").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text("latency_s").first).to_be_visible(timeout=30_000)
-    page.screenshot(path=str(DOCS / "advanced.png"), full_page=True)
+    page.screenshot(path=str(shots / "advanced.png"), full_page=True)
     page.close()
 
 

@@ -192,6 +192,7 @@ def test_swapping_copies_the_bias_in_the_compute_dtype_and_quantizes_the_weight(
     assert names == ["0"]
     layer = model[0]
     assert isinstance(layer, FP8Linear) and layer.path == "scaled_mm" and layer.compute_dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in layer.parameters())  # inference only: no autograd on E4M3
     assert torch.equal(layer.bias, linear.bias.data.to(torch.bfloat16))
     q, scale = quantize_rowwise(linear.weight.data)
     assert torch.equal(layer.weight.view(torch.uint8), q.view(torch.uint8)) and torch.equal(layer.scale, scale)
@@ -230,12 +231,16 @@ def test_the_cpu_takes_scaled_mm_by_default_and_unknown_paths_are_refused_by_nam
 def test_relative_l2_is_the_norm_of_the_difference_over_the_norm_of_the_reference():
     assert relative_l2(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 4.0])) == pytest.approx(3 / 4)
     assert relative_l2(torch.tensor([0.0, 0.0]), torch.tensor([6.0, 8.0])) == pytest.approx(1.0)
+    assert relative_l2(torch.tensor([0.3]), torch.tensor([0.4])) == pytest.approx(0.25)  # a reference norm below 1
 
 
 def test_psnr_of_pictures_one_level_apart_everywhere_is_20_log10_255():
     import numpy as np
+    from PIL import Image
 
-    a = np.zeros((4, 4, 3), dtype=np.uint8)
+    a = np.full((4, 4, 3), 100, dtype=np.uint8)
     assert psnr(a, a) == math.inf
-    assert psnr(a, a + 1) == pytest.approx(20 * math.log10(255.0))
-    assert psnr(a, a + 2) == pytest.approx(20 * math.log10(255.0 / 2))
+    assert psnr(a, a + 1) == pytest.approx(20 * math.log10(255.0))  # 100 - 101 must not wrap around in uint8
+    assert psnr(a + 2, a) == pytest.approx(20 * math.log10(255.0 / 2))
+    gray = Image.fromarray(np.full((4, 4), 100, dtype=np.uint8))  # PIL pictures are compared in RGB
+    assert psnr(gray, Image.fromarray(a + 1)) == pytest.approx(20 * math.log10(255.0))

@@ -114,3 +114,20 @@ def test_whole_numbers_may_come_as_text_or_as_integral_floats():
 def test_a_missing_negative_prompt_is_empty_and_text_must_be_a_string():
     assert _create().negative_prompt == ""
     _refused("negative_prompt", "must be text; got int", negative_prompt=5)
+
+
+def test_a_guidance_that_is_not_a_number_names_the_field_and_range():
+    _refused("guidance", f"must be a number from 0 to {MAX_GUIDANCE}; got 'lots'", guidance="lots")
+
+
+def test_a_shift_given_as_text_is_refused_by_name():
+    _refused("shift", "must be a number from", shift="3")
+
+
+def test_a_random_seed_is_drawn_from_the_whole_range_0_to_2_to_the_32_minus_1(monkeypatch):
+    import fp8pipe.requests as requests
+
+    asked = []
+    monkeypatch.setattr(requests.secrets, "randbelow", lambda n: asked.append(n) or n - 1)
+    assert GenerationRequest.create(MEDIUM, "a cat").seed == MAX_SEED
+    assert asked == [MAX_SEED + 1]
