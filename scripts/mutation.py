@@ -39,7 +39,13 @@ PLANNER = (
 SCOPE = {
     "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py"]),
     "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint.py"]),
-    "loader: manifest use": (["fp8pipe.loader.x__manifest_settings__mutmut_*"], ["tests/test_checkpoint.py"]),
+    "loader: manifest use": (
+        ["fp8pipe.loader.x__manifest_settings__mutmut_*"],
+        [
+            "tests/test_checkpoint.py::test_the_manifest_gives_the_policy_spec_and_kind_of_a_checkpoint_folder",
+            "tests/test_checkpoint.py::test_a_checkpoint_saved_with_a_non_default_policy_loads_with_that_policy",
+        ],
+    ),
     "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py"]),
     "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py"]),
     "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py"]),
