@@ -469,6 +469,15 @@ def run_on_cpu_inputs(module: nn.Module) -> None:
     module.register_forward_pre_hook(pre, with_kwargs=True)
 
 
+def _manifest_settings(source: Source, folder: Path) -> tuple[FP8Policy, str, str]:
+    """(policy, spec name, source kind) of a folder: an fp8pipe checkpoint's manifest says them."""
+    manifest = ckpt.read_manifest(folder) if source.kind == "fp8_checkpoint" else None
+    if manifest is None:
+        return TRANSFORMER_POLICY, source.location, source.kind
+    kind = "fp8_checkpoint-demo" if manifest.get("spec") == "demo" else source.kind
+    return FP8Policy.from_dict(manifest["policy"]), manifest.get("spec") or source.location, kind
+
+
 def load_model(model: str = "demo", options: LoadOptions | None = None) -> LoadedModel:
     """Load `model` (demo, hub id, folder, .safetensors file, FP8 checkpoint) as `options` say."""
     options = options or LoadOptions()
@@ -511,12 +520,8 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
     else:  # folder, fp8 checkpoint, hub
         folder = Path(source.location) if source.kind != "hub" else _hub_snapshot(source.location, ["model_index.json", "transformer/*.json", "transformer/*.safetensors"])
         config = _transformer_config(folder)
-        manifest = ckpt.read_manifest(folder) if source.kind == "fp8_checkpoint" else None
-        if manifest is not None:
-            policy = FP8Policy.from_dict(manifest["policy"])
-        spec = _spec_for((manifest or {}).get("spec") or source.location, config, folder)
-        if manifest is not None and manifest.get("spec") == "demo":
-            kind = "fp8_checkpoint-demo"
+        policy, spec_name, kind = _manifest_settings(source, folder)
+        spec = _spec_for(spec_name, config, folder)
         components = _pretrained_components(str(folder) if source.kind != "hub" else source.location, options.t5)
         components.pop("transformer", None)
         tensors = ckpt.iter_safetensors(ckpt.safetensors_files(folder / "transformer"))

@@ -115,3 +115,35 @@ def test_a_comfyui_scaled_fp8_file_loads_bit_exact_and_matches(load_tiny, tiny_p
     inputs = transformer_inputs(TEST_TRANSFORMER)
     reference = run_transformer(load_tiny(precision="fp32"), inputs)
     assert relative_l2(run_transformer(loaded, inputs), reference) < 0.05
+
+
+def test_a_checkpoint_saved_with_a_non_default_policy_loads_with_that_policy(load_tiny, tmp_path):
+    from fp8pipe.fp8 import FP8Policy, swap_linears_to_fp8
+
+    policy = FP8Policy(quantize=("transformer_blocks.0.*",), keep=TRANSFORMER_POLICY.keep)  # block 0 only
+    source = load_tiny(precision="fp32")
+    swap_linears_to_fp8(source.pipe.transformer, policy, "upcast", torch.float32)
+    out = save_fp8_checkpoint(source.pipe, tmp_path / "block0", policy, source="tiny", spec_name=None)
+    assert read_manifest(out)["policy"] == policy.as_dict()
+    loaded = load_model(str(out), LoadOptions(device="cpu"))
+    fp8 = {n for n, m in loaded.pipe.transformer.named_modules() if isinstance(m, FP8Linear)}
+    assert fp8 and all(n.startswith("transformer_blocks.0.") for n in fp8)
+    assert fp8 == set(read_manifest(out)["quantized_layers"])
+
+
+def test_the_manifest_gives_the_policy_spec_and_kind_of_a_checkpoint_folder(tmp_path):
+    import json
+
+    from fp8pipe.checkpoint import MANIFEST
+    from fp8pipe.fp8 import FP8Policy
+    from fp8pipe.loader import Source, _manifest_settings
+
+    policy = FP8Policy(quantize=("a.*",), keep=("a.b",))
+    (tmp_path / MANIFEST).write_text(json.dumps({"policy": policy.as_dict(), "spec": "demo"}))
+    assert _manifest_settings(Source("fp8_checkpoint", "here"), tmp_path) == (policy, "demo", "fp8_checkpoint-demo")
+    (tmp_path / MANIFEST).write_text(json.dumps({"policy": policy.as_dict(), "spec": "sd3.5-medium"}))
+    assert _manifest_settings(Source("fp8_checkpoint", "here"), tmp_path) == (policy, "sd3.5-medium", "fp8_checkpoint")
+    (tmp_path / MANIFEST).write_text(json.dumps({"policy": policy.as_dict(), "spec": None}))
+    assert _manifest_settings(Source("fp8_checkpoint", "here"), tmp_path) == (policy, "here", "fp8_checkpoint")
+    # a plain diffusers folder: its manifest, if any, is not read; the default policy applies
+    assert _manifest_settings(Source("folder", "there"), tmp_path) == (TRANSFORMER_POLICY, "there", "folder")

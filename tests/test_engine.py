@@ -190,6 +190,29 @@ def test_pool_evicts_the_least_recently_used_pipeline_when_the_budget_is_full():
         assert [e["why"] for e in eng.events if e["event"] == "evict"] == ["budget"]
 
 
+def test_pool_evicts_the_least_recently_used_of_several_pipelines_not_the_oldest_loaded():
+    with Engine(device="cpu", warmup=False) as eng:
+        run = lambda precision: eng.submit(eng.request(prompt=precision, seed=1, **SMALL), precision=precision).result()  # noqa: E731
+        run("fp32")
+        run("bf16")
+        run("fp32")  # fp32 was loaded first but is now the most recently used
+        assert [k.precision for k in eng._pool] == ["bf16", "fp32"]
+        eng.host_budget = sum(e.host_bytes for e in eng._pool.values())  # full: the next load evicts one
+        run("fp8")  # smaller than bf16: evicting bf16 alone makes room
+        assert [k.precision for k in eng._pool] == ["fp32", "fp8"]
+        assert [(e["key"]["precision"], e["why"]) for e in eng.events if e["event"] == "evict"] == [("bf16", "budget")]
+        assert eng.load_count == 3
+
+
+def test_a_closed_engine_refuses_new_jobs_and_fails_the_queued_ones():
+    from fp8pipe.engine import EngineClosed
+
+    eng = Engine(device="cpu", warmup=False)
+    eng.close()
+    with pytest.raises(EngineClosed, match="closed"):
+        eng.submit(eng.request(prompt="late", seed=1, **SMALL))
+
+
 def test_bad_request_fields_name_the_field_and_range(engine):
     from fp8pipe.requests import RequestError
 

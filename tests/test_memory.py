@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -146,3 +147,88 @@ def test_t5_held_to_drop_keeps_every_rung_without_t5():
 def test_levels_stay_ordered_when_host_ram_forces_t5_out():
     plans = [_plan("sd3.5-large", 1024, gib, host=16 * GiB) for gib in BUDGETS_GIB]
     assert [p.level for p in plans] == sorted(p.level for p in plans)
+
+
+# ---- properties of the ladder (what the docs table shows, asserted directly) ----------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("gib", BUDGETS_GIB)
+def test_the_ladder_runs_fastest_first_and_the_plan_is_its_first_rung_that_fits_with_5_percent_free(model, gib):
+    spec = SPECS[model]
+    work = Workload(1024, 1024, 1, spec.guidance > 1.0)
+    ladder = memory.plan_ladder(spec, gib * GiB, HOST, work, "fp8")
+    assert [p.level for p in ladder] == list(range(len(memory.LADDER)))
+    assert [(p.placement, p.t5) for p in ladder] == list(memory.LADDER)  # 64 GiB of host RAM holds T5
+    usable = int(gib * GiB * (1 - memory.SAFETY_FRACTION))
+    for p in ladder:  # fits means: under the usable VRAM (the margin kept free) and the host budget
+        assert p.fits == (p.predicted_peak_vram_bytes <= usable and p.predicted_peak_host_bytes <= HOST)
+    chosen = plan_placement(spec, gib * GiB, HOST, work, "fp8")
+    first = next(p for p in ladder if p.fits)
+    assert (chosen.level, chosen.placement, chosen.t5, chosen.predicted_peak_vram_bytes) == (first.level, first.placement, first.t5, first.predicted_peak_vram_bytes)
+    assert chosen.predicted_peak_vram_bytes <= usable
+
+
+def test_each_rung_down_the_ladder_needs_no_more_vram_than_the_one_above_on_the_same_t5():
+    spec = SPECS["sd3.5-large"]
+    ladder = memory.plan_ladder(spec, 80 * GiB, HOST, Workload(1024, 1024, 1, True), "fp8")
+    for t5 in memory.T5_PLACEMENTS:
+        peaks = [p.predicted_peak_vram_bytes for p in ladder if p.t5 == t5]
+        assert peaks == sorted(peaks, reverse=True), t5
+
+
+def test_the_why_lines_name_each_rejected_rung_and_the_chosen_one_with_the_usable_budget():
+    plan = _plan("sd3.5-large-turbo", 1024, 8)
+    rejected = [r for r in plan.reasons if r.startswith("not ")]
+    assert rejected and plan.reasons[len(rejected)].startswith(f"{plan.placement} with T5 {plan.t5}: ")
+    assert plan.reasons[len(rejected)].endswith(f"of {memory.format_size(int(8 * GiB * 0.95))} usable VRAM")
+    assert all("needs" in r and ("VRAM" in r or "host RAM" in r) for r in rejected)
+
+
+def test_when_nothing_fits_the_last_rung_comes_back_unfit_and_says_so():
+    plan = _plan("sd3.5-large", 1024, 1)
+    assert not plan.fits and plan.placement == "sequential" and plan.level == len(memory.LADDER) - 1
+    assert plan.reasons[0].startswith("nothing fits: even sequential offload predicts ")
+
+
+def test_next_plan_from_the_last_rung_is_none():
+    plan = _plan("sd3.5-large", 1024, 1)
+    assert memory.next_plan(plan, SPECS["sd3.5-large"]) is None
+
+
+def test_next_plan_picks_the_first_lower_rung_that_fits_and_says_it_stepped_down():
+    spec = SPECS["sd3.5-large"]
+    plan = _plan("sd3.5-large", 1024, 24)
+    lower = memory.next_plan(plan, spec)
+    ladder = memory.plan_ladder(spec, 24 * GiB, HOST, Workload(1024, 1024, 1, spec.guidance > 1.0), "fp8")
+    expected = next(p for p in ladder if p.level > plan.level and p.fits)
+    assert (lower.level, lower.placement, lower.t5) == (expected.level, expected.placement, expected.t5)
+    assert lower.reasons[0] == f"stepped down from {plan.placement} (T5 {plan.t5}) after running out of memory"
+
+
+@pytest.mark.parametrize("placement", ["model_offload", "group_offload", "sequential"])
+def test_load_options_of_an_offload_plan_keep_the_weights_on_the_host(placement):
+    plan = replace(_plan("sd3.5-large", 1024, 8), placement=placement, t5="cpu", precision="fp8")
+    options = memory.load_options_for(plan, "cuda", fp8_path="upcast")
+    assert (options.storage, options.device, options.precision, options.t5, options.fp8_path) == ("cpu", "cuda", "fp8", "cpu", "upcast")
+
+
+def test_load_options_of_a_resident_plan_or_on_the_cpu_store_weights_where_they_run():
+    plan = _plan("sd3.5-medium", 1024, 80)
+    assert plan.placement == "resident"
+    assert memory.load_options_for(plan, "cuda").storage is None
+    offload = replace(plan, placement="group_offload")
+    assert memory.load_options_for(offload, "cpu").storage is None
+
+
+def test_sizes_format_in_the_largest_binary_unit_with_two_decimals():
+    assert memory.format_size(8 * GiB) == "8.00 GiB"
+    assert parse_size(memory.format_size(int(8.5 * GiB))) == int(8.5 * GiB)
+
+
+def test_bf16_weights_on_the_gpu_are_predicted_larger_than_fp8_on_every_rung():
+    spec, work = SPECS["sd3.5-large"], Workload(1024, 1024, 1, True)
+    for placement in PLACEMENTS:
+        fp8 = memory.predict(spec, "fp8", placement, "16bit", work, False, "sdpa")
+        bf16 = memory.predict(spec, "bf16", placement, "16bit", work, False, "sdpa")
+        assert fp8["vram"] <= bf16["vram"] and fp8["host"] <= bf16["host"], placement

@@ -1,0 +1,173 @@
+"""Mutation testing of the core modules with mutmut: plant one-line bugs, run the covering tests.
+
+    pip install mutmut==3.8.1            # not a runtime or test dependency
+    python scripts/mutation.py           # all core modules; writes bench/results/mutation.md
+    python scripts/mutation.py --module fp8 --module safety --out /tmp/m.md
+
+mutmut's shared settings live in pyproject.toml under [tool.mutmut]; SCOPE below gives each
+module its functions and the test files that cover it, and each module runs in its own copy
+of the tree under mutants/ (git-ignored). A mutant that no test can
+tell apart from the original is listed in scripts/mutation_equivalent.toml with the reason,
+and left out of the score. Run from the repository root; torch runs one thread per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT_FILE = ROOT / "scripts" / "mutation_equivalent.toml"
+
+ENGINE = "fp8pipe.engine.xǁ{}ǁ{}__mutmut_*"
+PLANNER = (
+    "parse_size", "format_size", "image_tokens", "text_tokens", "denoise_activation_bytes", "vae_decode_bytes",
+    "text_encode_bytes", "_t5_gpu_bytes", "_t5_host_bytes", "predict", "plan_ladder", "plan_placement", "_why",
+    "next_plan", "load_options_for",
+)
+# module -> (mutmut name globs: x_<function>, xǁ<Class>ǁ<method>; the test files that cover it).
+# Each module runs on its own with only its covering tests, so one run stays within minutes.
+SCOPE = {
+    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py"]),
+    "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint.py"]),
+    "loader: manifest use": (
+        ["fp8pipe.loader.x__manifest_settings__mutmut_*"],
+        [
+            "tests/test_checkpoint.py::test_the_manifest_gives_the_policy_spec_and_kind_of_a_checkpoint_folder",
+            "tests/test_checkpoint.py::test_a_checkpoint_saved_with_a_non_default_policy_loads_with_that_policy",
+        ],
+    ),
+    "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py"]),
+    "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py"]),
+    "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py"]),
+    "memory: planner": ([f"fp8pipe.memory.x_{f}__mutmut_*" for f in PLANNER], ["tests/test_memory.py"]),
+    "flops: work count": (["fp8pipe.flops.*"], ["tests/test_bench.py"]),
+    "engine: queue, cancel, pool": (
+        [
+            *(ENGINE.format("Job", m) for m in ("cancel", "cancelled", "result", "done")),
+            *(ENGINE.format("Engine", m) for m in ("submit", "_work", "close", "_entry_for_job", "_entry", "_make_room", "_evict")),
+        ],
+        ["tests/test_engine.py"],
+    ),
+}
+COPIED = ("fp8pipe", "tests", "presets", "app.py", "pyproject.toml")
+KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -9: "killed by signal", -11: "crash"}
+SURVIVED = {0: "survived", 33: "no covering test", 5: "no covering test"}
+
+
+def _workdir(module: str) -> Path:
+    return ROOT / "mutants" / re.sub(r"[^a-z0-9]+", "-", module.lower()).strip("-")
+
+
+def _in_scope(module: str, name: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, g) for g in SCOPE[module][0])
+
+
+def _results(module: str) -> dict[str, int | None]:
+    codes = {}
+    for meta in sorted((_workdir(module) / "mutants" / "fp8pipe").glob("*.py.meta")):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return {n: c for n, c in codes.items() if _in_scope(module, n)}
+
+
+def _prepare(module: str) -> Path:
+    """A copy of the tree whose [tool.mutmut] mutates only this module's file, with its tests."""
+    work = _workdir(module)
+    shutil.rmtree(work, ignore_errors=True)  # a clean measure: no cached results
+    work.mkdir(parents=True)
+    for name in COPIED:
+        src = ROOT / name
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(src, work / name, ignore=ignore) if src.is_dir() else shutil.copy2(src, work / name)
+    source = "/".join(SCOPE[module][0][0].split(".")[:2]) + ".py"  # fp8pipe.fp8.x_f* -> fp8pipe/fp8.py
+    with open(work / "pyproject.toml", "a") as fh:  # [tool.mutmut] is the file's last table
+        fh.write(f"only_mutate = {json.dumps([source])}\npytest_add_cli_args_test_selection = {json.dumps(SCOPE[module][1])}\n")
+    return work
+
+
+def _diff(mutmut: str, name: str, module: str) -> str:
+    out = subprocess.run([mutmut, "show", name], cwd=_workdir(module), capture_output=True, text=True).stdout
+    lines = [ln[1:].strip() for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return " → ".join(lines[:2])[:240]
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    return ", ".join(f"{p} {version(p)}" for p in ("mutmut", "torch", "pytest"))
+
+
+def report(modules: list[str], seconds: float, command: str, mutmut: str) -> str:
+    equivalent = tomllib.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.is_file() else {}
+    rows, survivors, excluded = [], [], []
+    for module in modules:
+        codes = _results(module)
+        names = sorted(codes)
+        killed = [n for n in names if codes[n] in KILLED]
+        equiv = [n for n in names if n in equivalent]
+        alive = [n for n in names if n not in killed and n not in equiv]
+        counted = len(names) - len(equiv)
+        score = 100.0 * len(killed) / counted if counted else 100.0
+        rows.append(f"| {module} | {len(names)} | {len(killed)} | {len(alive)} | {len(equiv)} | **{score:.1f} %** |")
+        survivors += [f"- `{n}` ({SURVIVED.get(codes[n], f'exit {codes[n]}')}): `{_diff(mutmut, n, module)}`" for n in alive]
+        excluded += [f"- `{n}`: `{_diff(mutmut, n, module)}`: {equivalent[n]}" for n in equiv]
+    return "\n".join(
+        [
+            "# Mutation score of the core modules",
+            "",
+            f"`{command}` ({time.strftime('%Y-%m-%d')}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+            f"Python {platform.python_version()}; {_versions()}; {seconds / 60:.1f} min).",
+            "Score = killed / (mutants - equivalent); a timeout counts as killed, a mutant no test reaches as survived.",
+            "",
+            "| module | mutants | killed | survived | equivalent | score |",
+            "|:--|--:|--:|--:|--:|--:|",
+            *rows,
+            "",
+            "## Surviving mutants",
+            "",
+            *(survivors or ["None."]),
+            "",
+            "## Equivalent mutants (left out of the score)",
+            "",
+            *(excluded or ["None."]),
+            "",
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--module", action="append", choices=list(SCOPE), help="only these modules (repeatable)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--out", default="bench/results/mutation.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's mutants/")
+    args = parser.parse_args(argv)
+    mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
+    modules = args.module or list(SCOPE)
+    command = "python scripts/mutation.py" + "".join(f" --module '{m}'" for m in args.module or [])
+    start = time.perf_counter()
+    if not args.report_only:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        for module in modules:
+            print(f"== {module}", flush=True)
+            work = _prepare(module)
+            subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *SCOPE[module][0]], cwd=work, env=env, check=False)
+    text = report(modules, time.perf_counter() - start, command, mutmut)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
