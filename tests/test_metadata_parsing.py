@@ -16,9 +16,11 @@ def test_a_png_written_with_png_info_carries_the_text_under_parameters():
     assert Image.open(io.BytesIO(buffer.getvalue())).text == {"parameters": "a cat\nSteps: 4, Seed: 1"}
 
 
-def test_a_multi_line_prompt_keeps_its_lines_and_the_settings_line_is_the_last_one():
+def test_a_multi_line_prompt_is_written_on_one_line_and_the_settings_line_is_the_last_one():
+    # one line per field, so a line break in a prompt cannot forge the negative prompt or settings
     text = format_parameters("a, b\n(c)", "", SETTINGS)
-    assert parse_parameters(text) == {"prompt": "a, b\n(c)", "negative_prompt": "", "Steps": "4", "Seed": "1"}
+    assert text.splitlines()[-1] == "Steps: 4, Seed: 1"
+    assert parse_parameters(text) == {"prompt": "a, b (c)", "negative_prompt": "", "Steps": "4", "Seed": "1"}
 
 
 def test_without_a_settings_line_everything_is_prompt_even_a_line_that_looks_like_a_setting():
