@@ -479,7 +479,11 @@ def _add_api(app: App) -> None:
     def describe():
         if app.kiosk:  # a public kiosk tells strangers nothing about the machine
             return {"kiosk": True, "ready": app.engine.ready.is_set()}
-        return {"model": app.model, "preset": app.preset.name, "kiosk": app.kiosk, "engine": app.engine.describe()}
+        from fp8pipe.naming import model_display_name
+
+        engine = app.engine.describe()  # its pool names models as loaded: a folder's path, never shown
+        engine["pool"] = [{**entry, "model": model_display_name(entry["model"])} for entry in engine.get("pool", [])]
+        return {"model": model_display_name(app.model), "preset": app.preset.name, "kiosk": app.kiosk, "engine": engine}
 
     b_button.click(describe, None, a_info, api_name="describe", queue=False)
 

@@ -87,3 +87,19 @@ def test_a_model_is_shown_by_its_hub_id_family_or_folder_name(model, kind, shown
     from fp8pipe.naming import model_display_name
 
     assert model_display_name(model, kind) == shown
+
+
+def test_describe_names_a_folder_model_by_its_name_not_its_path(tiny_pipeline_dir):
+    from gradio_client import Client
+
+    from conftest import start_app
+
+    url, demo, state = start_app(["--model", str(tiny_pipeline_dir), "--no-warmup"])
+    try:
+        Client(url, verbose=False).predict("a red ball", None, 1, 1, None, None, None, api_name="/generate")
+        info = Client(url, verbose=False).predict(api_name="/describe")
+    finally:
+        demo.close()
+        state.engine.close()
+    assert info["model"] == tiny_pipeline_dir.name and str(tiny_pipeline_dir) not in str(info)
+    assert [entry["model"] for entry in info["engine"]["pool"]] == [tiny_pipeline_dir.name]
