@@ -35,10 +35,6 @@ log = logging.getLogger("fp8pipe.app")
 
 import gradio as gr  # noqa: E402
 
-try:  # Hugging Face ZeroGPU; absent everywhere else
-    import spaces  # type: ignore
-except ImportError:
-    spaces = None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,6 +79,7 @@ class App:
     limiter: object
     outputs: object  # fp8pipe.outputs.OutputStore
     proxy_header: str | None = None
+    gpu_stream: object = None  # ZeroGPU: the job's stream, run inline inside a @spaces.GPU call
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
 
@@ -131,8 +128,9 @@ def _peer(request) -> str:
 
 def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, model=None, t5=None, **fields):
     """Validate, filter, rate-limit, then stream (Progress..., Result) from the engine."""
+    from fp8pipe import serving
     from fp8pipe.requests import RequestError
-    from fp8pipe.service import Refused, build_request, stream_job
+    from fp8pipe.service import Refused, build_request
 
     model = model or app.model
     try:
@@ -142,12 +140,35 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, "style": style, **fields}) from None
     try:
-        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5, heartbeat=HEARTBEAT_SECONDS)
+        args = (req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
+        if app.gpu_stream is not None:  # ZeroGPU: the whole job inside one GPU call (a forked child)
+            yield from app.gpu_stream(*args)
+        else:
+            yield from serving.serve_request(app.engine, *args, heartbeat=HEARTBEAT_SECONDS)
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, **fields}) from None
     except RuntimeError as e:
         log.exception("generation failed for %s", _peer(request))  # a real failure: its traceback
         raise _as_gradio_error(e) from None
+
+
+def zerogpu_stream(app: App, spaces):
+    """The job's stream as a `@spaces.GPU` generator: in the call's forked child the job runs
+    inline (the engine's worker thread does not exist there) and streams Progress, heartbeats
+    and the Result back as CPU objects; the duration asked for is computed per request
+    (fp8pipe.zerogpu). Any failure comes back as one gr.Error with a clear message."""
+    from fp8pipe import serving, zerogpu
+
+    def stream(req, model, precision, preview, t5):
+        try:
+            yield from serving.serve_request(app.engine, req, model, precision, preview, t5, inline=True, heartbeat=HEARTBEAT_SECONDS)
+        except gr.Error:
+            raise
+        except Exception as e:
+            log.exception("generation failed in the GPU call")
+            raise _as_gradio_error(e) from None
+
+    return spaces.GPU(duration=zerogpu.request_duration(app.engine.spec_for))(stream)
 
 
 def _keep(app: App, result) -> list[Path]:
@@ -177,10 +198,9 @@ def _final(app: App, stream):
 
 def _stats(result, extra: dict | None = None) -> dict:
     """The stats a client sees; with the demo model, a warning for prompt words it does not know."""
-    from fp8pipe.vocabulary import unknown_words_warning
+    from fp8pipe.serving import public_stats
 
-    warning = unknown_words_warning(result.request.prompt) if result.stats.get("model") == "demo" else None
-    return {**result.stats, "parameters": result.parameters, **({"warning": warning} if warning else {}), **(extra or {})}
+    return public_stats(result, extra)
 
 
 # ---- API -----------------------------------------------------------------------------
@@ -508,7 +528,10 @@ def create_app(args) -> tuple[object, App]:
     known = _known_spec(model)
     if known is not None:
         preset.check_for(known)
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup, t5=preset.t5)
+    from fp8pipe import zerogpu
+
+    spaces = zerogpu.spaces_module()  # None unless ZeroGPU is active: then no warm-up (it would not carry into the calls), no compile
+    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     try:
@@ -532,10 +555,8 @@ def create_app(args) -> tuple[object, App]:
 
         app.examples = example_pictures(engine, model, preset, spec, preset.precision, app.hints["examples"], outputs)
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
-    if spaces is not None:  # ZeroGPU: the events that generate run with a GPU attached
-        for dep in demo.fns.values():
-            if dep.concurrency_id == GPU_QUEUE:
-                dep.fn = spaces.GPU(duration=120)(dep.fn)
+    if spaces is not None:  # ZeroGPU: each job runs inside a GPU call (the events stay in the parent)
+        app.gpu_stream = zerogpu_stream(app, spaces)
     demo.queue(max_size=args.queue_size or preset.queue_size, default_concurrency_limit=1)
     return demo, app
 

@@ -5,7 +5,10 @@
 - The pool is keyed by (model, precision, placement, T5 placement), bounded by the VRAM and
   host RAM budgets the planner predicts; the least recently used pipeline leaves first.
 - One GPU job at a time, in arrival order: a single worker thread reads a FIFO queue;
-  `submit()` returns a `Job` at once (a Future with cancel and progress).
+  `submit()` returns a `Job` at once (a Future with cancel and progress). `run()` (or
+  `prepare()` + `run_job()`) runs a job inline in the caller's thread instead, through the
+  same code: for a process with no worker thread (a ZeroGPU call's forked child), the CLI and
+  the bench. The engine satisfies `fp8pipe.seam.GenerationService`.
 - Every step calls back with the step number and, when asked, a cheap preview: a fixed
   linear map from the 16 latent channels to RGB.
 - Cancel takes effect between steps (diffusers' `pipe._interrupt`: the remaining steps are
@@ -32,10 +35,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import memory
-from .generation import Cancelled, Result, free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
+from .generation import free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
 from .loader import LoadedModel, load_model, resolve_device
 from .memory import Plan, Workload
 from .requests import GenerationRequest
+from .seam import Cancelled, EngineClosed, OutOfMemory, Progress, QueueFull, Result  # noqa: F401 (re-exported)
 from .specs import SPECS, ModelSpec, find_spec
 
 log = logging.getLogger(__name__)
@@ -68,18 +72,6 @@ SD3_LATENT_RGB_FACTORS = (
 SD3_LATENT_RGB_BIAS = (0.2394, 0.2135, 0.1925)
 
 
-class EngineClosed(RuntimeError):
-    """The engine was closed before the job ran."""
-
-
-class QueueFull(RuntimeError):
-    """Too many jobs are waiting; the caller should ask the user to try again shortly."""
-
-
-class OutOfMemory(RuntimeError):
-    """Out of memory even after stepping down; the message says what was tried."""
-
-
 _DEVICE_FAILURES = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "illegal memory access")
 
 
@@ -100,13 +92,6 @@ def latent_preview(latents: torch.Tensor):
     rgb = latents[0].detach().float().cpu().permute(1, 2, 0) @ factors + bias  # (h, w, 3) in about [-1, 1]
     pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     return Image.fromarray(pixels, mode="RGB")
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int  # steps done, 1-based
-    total: int
-    preview: object = None  # PIL.Image.Image when previews were asked for
 
 
 @dataclass(frozen=True)
@@ -156,6 +141,11 @@ class Job:
 
     def done(self) -> bool:
         return self.future.done()
+
+    @property
+    def progress(self) -> Progress:
+        """Steps done so far (no preview)."""
+        return Progress(self.step, self.request.steps)
 
 
 def _plan_summary(plan: Plan) -> dict:
@@ -299,6 +289,27 @@ class Engine:
             self._queue.put(job)
         return job
 
+    def prepare(
+        self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False, t5: str | None = None
+    ) -> Job:
+        """A Job for `run_job`: not queued. Its `cancel()` works from any thread."""
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            return Job(next(self._ids), request, model, precision, on_progress, preview, t5)
+
+    def run_job(self, job: Job) -> Result:
+        """Run a prepared job inline, in the caller's thread, with everything a queued job gets
+        (pool, plan, progress, previews, cancel between steps, the out-of-memory step-down).
+        Jobs from the queue and inline ones take turns on the device. This is the path for a
+        process that has no worker thread, such as a ZeroGPU call's forked child."""
+        self._execute(job)
+        return job.result()
+
+    def run(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False, t5: str | None = None) -> Result:
+        """`request` inline, in the caller's thread (see run_job)."""
+        return self.run_job(self.prepare(request, model, precision, on_progress, preview, t5))
+
     def generate(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", **kwargs) -> Result:
         return self.submit(request, model, precision, **kwargs).result()
 
@@ -321,20 +332,24 @@ class Engine:
             job = self._queue.get()
             if job is None:
                 return
-            if job.cancelled:
-                job.future.set_exception(Cancelled("cancelled before it started"))
-                continue
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            self._running = job
-            try:
-                with self._gpu:
-                    result = self._run(job)
-                job.future.set_result(result)
-            except BaseException as e:  # the worker must outlive any one job
-                job.future.set_exception(e)
-            finally:
-                self._running = None
+            self._execute(job)
+
+    def _execute(self, job: Job) -> None:
+        """Run `job` in this thread (the worker's, or an inline caller's) and settle its future."""
+        if job.cancelled:
+            job.future.set_exception(Cancelled("cancelled before it started"))
+            return
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            with self._gpu:
+                self._running = job
+                result = self._run(job)
+            job.future.set_result(result)
+        except BaseException as e:  # the worker must outlive any one job
+            job.future.set_exception(e)
+        finally:
+            self._running = None
 
     def _run(self, job: Job) -> Result:
         started = time.perf_counter()
@@ -451,6 +466,15 @@ class Engine:
         sticky = self._plans.get((model, precision, t5))
         if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
             return sticky or _unplanned(spec, precision, work, self.attention)
+        if self.device.type != "cuda" and self.vram_budget:
+            # A budget given on a CPU: the plan a GPU of that size would run, computed and reported
+            # (the same plan the app or the CLI chooses there); every component stays in host RAM.
+            plan = memory.plan_placement(spec, self.vram_budget, self.host_budget, work, precision, self.attention, t5)
+            if sticky is not None and sticky.level > plan.level:
+                plan = sticky
+            plan = replace(plan, reasons=(*plan.reasons, "CPU device: planned for this VRAM budget; every component stays in host RAM"))
+            self._plans[(model, precision, t5)] = plan
+            return plan
         if self.device.type != "cuda":  # no VRAM to plan for: the fastest rung, or the sticky one
             ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention, t5)
             plan = next(p for p in ladder if p.level >= (sticky.level if sticky else 0))
