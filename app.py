@@ -209,14 +209,21 @@ def _stats(result, extra: dict | None = None) -> dict:
 def api_generate(app: App):
     def generate(prompt, negative_prompt=None, seed=None, steps=None, guidance=None, width=None, height=None, request=None):
         """One image. Settings left out take the preset's defaults; the preset's limits hold.
-        A generator: between steps it yields nothing new (gr.skip), so a cancel stops the job."""
+        A generator: at each step the stats output carries {"progress": {"step", "total"}} (a
+        streaming client sees them), in between it yields nothing new (gr.skip), so a cancel
+        stops the job; the last output is the image and its stats."""
         fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
-        for done in _final(app, _run(app, prompt, request=request, **fields)):
-            if done is None:
+        yield gr.skip(), gr.skip()  # before the job is submitted: from here on Gradio holds the event's iterator
+        result = None
+        for item in _run(app, prompt, request=request, **fields):
+            if item is None:
                 yield gr.skip(), gr.skip()
+            elif hasattr(item, "step"):
+                yield gr.skip(), {"progress": {"step": item.step, "total": item.total}}
             else:
-                paths, result = done
-                yield str(paths[0]), _stats(result)
+                result = item
+        paths = _keep(app, result)
+        yield str(paths[0]), _stats(result)
 
     return generate
 

@@ -40,13 +40,19 @@ def active(environ=None) -> bool:
 
 
 def spaces_module():
-    """The `spaces` package when ZeroGPU is active and it is installed; else None (never imported)."""
+    """The `spaces` package when ZeroGPU is active and it is installed; else None (never imported).
+
+    Turns off Gradio's auto-wrap of every event (SPACES_GRADIO_AUTO_WRAP): the app wraps only
+    the job, with a duration computed per request. Call it before the Blocks are built."""
     if not active():
         return None
     try:
         import spaces  # type: ignore
     except ImportError:
         return None
+    disable = getattr(spaces, "disable_gradio_auto_wrap", None)
+    if disable is not None:
+        disable()
     return spaces
 
 
