@@ -41,8 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python app.py", description="fp8pipe: SD3.5 in FP8 as a web app")
     p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode: no settings, idle reset, prompt filter")
     p.add_argument("--share", action="store_true", help="a public gradio.live link for a week (use --auth with it)")
-    p.add_argument("--model", default=None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint)")
-    p.add_argument("--preset", default=None, help="a shipped preset name (cpu-demo, kiosk-8gb, ...) or a .toml file")
+    # A Space runs `python app.py` with no flags: FP8PIPE_MODEL / FP8PIPE_PRESET (the Space's variables) stand in.
+    p.add_argument("--model", default=os.environ.get("FP8PIPE_MODEL") or None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint; env FP8PIPE_MODEL)")
+    p.add_argument("--preset", default=os.environ.get("FP8PIPE_PRESET") or None, help="a shipped preset name (cpu-demo, kiosk-8gb, zerogpu, ...) or a .toml file (env FP8PIPE_PRESET)")
     host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), os.environ.get("GRADIO_SERVER_PORT", "7860")
     p.add_argument("--host", default=host, help=f"address to listen on; 0.0.0.0 for every interface (default {host}; env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=int(port), help=f"port to listen on (default {port}; env GRADIO_SERVER_PORT)")

@@ -120,3 +120,77 @@ def test_start_up_with_the_flag_off_imports_neither_spaces_nor_ray(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[] None"
+
+
+@pytest.fixture
+def double(monkeypatch):
+    """The double, imported as the app would with ZeroGPU on."""
+    import importlib.util
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    spec = importlib.util.spec_from_file_location("spaces_double", DOUBLE / "spaces" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_double_forks_so_work_handed_to_a_thread_of_the_parent_never_runs_in_the_call(double):
+    import queue
+    import threading
+
+    jobs: queue.Queue = queue.Queue()
+
+    def worker():  # a worker thread of the parent, like the engine's
+        while True:
+            jobs.get()()
+
+    threading.Thread(target=worker, daemon=True).start()
+
+    @double.GPU(duration=5)
+    def through_a_worker_thread():
+        done = threading.Event()
+        jobs.put(done.set)
+        return done.wait(1)
+
+    @double.GPU(duration=5)
+    def pid():
+        return os.getpid()
+
+    assert through_a_worker_thread() is False  # the job waited for a thread the child does not have
+    first = pid()
+    assert first != os.getpid() and pid() == first  # a child process, reused while idle
+
+
+def test_the_double_streams_a_generators_items_and_returns_an_exception_as_one_error(double):
+    import gradio as gr
+
+    @double.GPU
+    def count(n):
+        for i in range(n):
+            yield os.getpid(), i
+
+    @double.GPU
+    def fail():
+        raise ValueError("broken in the child")
+
+    items = list(count(3))
+    assert [i for _, i in items] == [0, 1, 2] and {p for p, _ in items} != {os.getpid()}
+    with pytest.raises(gr.Error, match="ValueError"):
+        fail()
+
+
+@pytest.mark.parametrize(
+    "row, model, steps, side",
+    [
+        ("demo, 8 steps, 64 px", "demo", 8, 64),
+        ("SD3.5 Large Turbo, 4 steps, 1024 px", "sd3.5-large-turbo", 4, 1024),
+        ("SD3.5 Medium, 28 steps, 1024 px", "sd3.5-medium", 28, 1024),
+        ("SD3.5 Large, 28 steps, 1024 px", "sd3.5-large", 28, 1024),
+    ],
+)
+def test_the_readmes_duration_table_is_what_the_app_asks_for(row, model, steps, side):
+    from fp8pipe.specs import SPECS
+
+    spec = SPECS[model]
+    asked = zerogpu.duration_seconds(spec, steps, side, side, 1, spec.guidance)
+    assert f"| {row} | {asked:.1f} s |" in (ROOT / "README.md").read_text()
