@@ -11,9 +11,7 @@ from .loader import LoadedModel
 from .memory import VAE_TILE_OVERLAP, VAE_TILE_PIXELS
 from .metadata import format_parameters
 from .requests import GenerationRequest
-
-
-from .seam import Cancelled, Result  # noqa: E402,F401  (defined torch-free; re-exported here)
+from .seam import Cancelled, Result
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:

@@ -70,7 +70,7 @@ def predicted_seconds(spec, steps: int, width: int, height: int, batch: int = 1,
 def duration_seconds(spec, steps: int, width: int, height: int, batch: int = 1, guidance: float = 1.0) -> float:
     """What a GPU call asks ZeroGPU for: the prediction with MARGIN, within FLOOR_S..CEILING_S."""
     wanted = MARGIN * predicted_seconds(spec, steps, width, height, batch, guidance)
-    return round(min(CEILING_S, max(FLOOR_S, wanted)), 2)
+    return min(CEILING_S, max(FLOOR_S, wanted))  # unrounded: more steps or pixels always ask for more
 
 
 def request_duration(spec_for):
