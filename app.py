@@ -36,7 +36,6 @@ log = logging.getLogger("fp8pipe.app")
 import gradio as gr  # noqa: E402
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python app.py", description="fp8pipe: SD3.5 in FP8 as a web app")
     p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode: no settings, idle reset, prompt filter")
