@@ -35,18 +35,14 @@ log = logging.getLogger("fp8pipe.app")
 
 import gradio as gr  # noqa: E402
 
-try:  # Hugging Face ZeroGPU; absent everywhere else
-    import spaces  # type: ignore
-except ImportError:
-    spaces = None
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python app.py", description="fp8pipe: SD3.5 in FP8 as a web app")
     p.add_argument("--kiosk", action="store_true", help="full-screen kiosk mode: no settings, idle reset, prompt filter")
     p.add_argument("--share", action="store_true", help="a public gradio.live link for a week (use --auth with it)")
-    p.add_argument("--model", default=None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint)")
-    p.add_argument("--preset", default=None, help="a shipped preset name (cpu-demo, kiosk-8gb, ...) or a .toml file")
+    # A Space runs `python app.py` with no flags: FP8PIPE_MODEL / FP8PIPE_PRESET (the Space's variables) stand in.
+    p.add_argument("--model", default=os.environ.get("FP8PIPE_MODEL") or None, help="override the preset's model (demo, hub id, folder, .safetensors, FP8 checkpoint; env FP8PIPE_MODEL)")
+    p.add_argument("--preset", default=os.environ.get("FP8PIPE_PRESET") or None, help="a shipped preset name (cpu-demo, kiosk-8gb, zerogpu, ...) or a .toml file (env FP8PIPE_PRESET)")
     host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), os.environ.get("GRADIO_SERVER_PORT", "7860")
     p.add_argument("--host", default=host, help=f"address to listen on; 0.0.0.0 for every interface (default {host}; env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=int(port), help=f"port to listen on (default {port}; env GRADIO_SERVER_PORT)")
@@ -83,6 +79,7 @@ class App:
     limiter: object
     outputs: object  # fp8pipe.outputs.OutputStore
     proxy_header: str | None = None
+    gpu_stream: object = None  # ZeroGPU: the job's stream, run inline inside a @spaces.GPU call
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
 
@@ -131,8 +128,9 @@ def _peer(request) -> str:
 
 def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, model=None, t5=None, **fields):
     """Validate, filter, rate-limit, then stream (Progress..., Result) from the engine."""
+    from fp8pipe import serving
     from fp8pipe.requests import RequestError
-    from fp8pipe.service import Refused, build_request, stream_job
+    from fp8pipe.service import Refused, build_request
 
     model = model or app.model
     try:
@@ -142,12 +140,35 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, "style": style, **fields}) from None
     try:
-        yield from stream_job(app.engine, req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5, heartbeat=HEARTBEAT_SECONDS)
+        args = (req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
+        if app.gpu_stream is not None:  # ZeroGPU: the whole job inside one GPU call (a forked child)
+            yield from app.gpu_stream(*args)
+        else:
+            yield from serving.serve_request(app.engine, *args, heartbeat=HEARTBEAT_SECONDS)
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, **fields}) from None
     except RuntimeError as e:
         log.exception("generation failed for %s", _peer(request))  # a real failure: its traceback
         raise _as_gradio_error(e) from None
+
+
+def zerogpu_stream(app: App, spaces):
+    """The job's stream as a `@spaces.GPU` generator: in the call's forked child the job runs
+    inline (the engine's worker thread does not exist there) and streams Progress, heartbeats
+    and the Result back as CPU objects; the duration asked for is computed per request
+    (fp8pipe.zerogpu). Any failure comes back as one gr.Error with a clear message."""
+    from fp8pipe import serving, zerogpu
+
+    def stream(req, model, precision, preview, t5):
+        try:
+            yield from serving.serve_request(app.engine, req, model, precision, preview, t5, inline=True, heartbeat=HEARTBEAT_SECONDS)
+        except gr.Error:
+            raise
+        except Exception as e:
+            log.exception("generation failed in the GPU call")
+            raise _as_gradio_error(e) from None
+
+    return spaces.GPU(duration=zerogpu.request_duration(app.engine.spec_for))(stream)
 
 
 def _keep(app: App, result) -> list[Path]:
@@ -177,10 +198,9 @@ def _final(app: App, stream):
 
 def _stats(result, extra: dict | None = None) -> dict:
     """The stats a client sees; with the demo model, a warning for prompt words it does not know."""
-    from fp8pipe.vocabulary import unknown_words_warning
+    from fp8pipe.serving import public_stats
 
-    warning = unknown_words_warning(result.request.prompt) if result.stats.get("model") == "demo" else None
-    return {**result.stats, "parameters": result.parameters, **({"warning": warning} if warning else {}), **(extra or {})}
+    return public_stats(result, extra)
 
 
 # ---- API -----------------------------------------------------------------------------
@@ -189,14 +209,21 @@ def _stats(result, extra: dict | None = None) -> dict:
 def api_generate(app: App):
     def generate(prompt, negative_prompt=None, seed=None, steps=None, guidance=None, width=None, height=None, request=None):
         """One image. Settings left out take the preset's defaults; the preset's limits hold.
-        A generator: between steps it yields nothing new (gr.skip), so a cancel stops the job."""
+        A generator: at each step the stats output carries {"progress": {"step", "total"}} (a
+        streaming client sees them), in between it yields nothing new (gr.skip), so a cancel
+        stops the job; the last output is the image and its stats."""
         fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
-        for done in _final(app, _run(app, prompt, request=request, **fields)):
-            if done is None:
+        yield gr.skip(), gr.skip()  # before the job is submitted: from here on Gradio holds the event's iterator
+        result = None
+        for item in _run(app, prompt, request=request, **fields):
+            if item is None:
                 yield gr.skip(), gr.skip()
+            elif hasattr(item, "step"):
+                yield gr.skip(), {"progress": {"step": item.step, "total": item.total}}
             else:
-                paths, result = done
-                yield str(paths[0]), _stats(result)
+                result = item
+        paths = _keep(app, result)
+        yield str(paths[0]), _stats(result)
 
     return generate
 
@@ -512,7 +539,10 @@ def create_app(args) -> tuple[object, App]:
     known = _known_spec(model)
     if known is not None:
         preset.check_for(known)
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup, t5=preset.t5)
+    from fp8pipe import zerogpu
+
+    spaces = zerogpu.spaces_module()  # None unless ZeroGPU is active: then no warm-up (it would not carry into the calls), no compile
+    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     try:
@@ -536,10 +566,8 @@ def create_app(args) -> tuple[object, App]:
 
         app.examples = example_pictures(engine, model, preset, spec, preset.precision, app.hints["examples"], outputs)
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
-    if spaces is not None:  # ZeroGPU: the events that generate run with a GPU attached
-        for dep in demo.fns.values():
-            if dep.concurrency_id == GPU_QUEUE:
-                dep.fn = spaces.GPU(duration=120)(dep.fn)
+    if spaces is not None:  # ZeroGPU: each job runs inside a GPU call (the events stay in the parent)
+        app.gpu_stream = zerogpu_stream(app, spaces)
     demo.queue(max_size=args.queue_size or preset.queue_size, default_concurrency_limit=1)
     return demo, app
 

@@ -26,20 +26,12 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default="demo", help="demo (default), a hub id, a diffusers folder, a .safetensors file or an fp8pipe checkpoint")
     p.add_argument("--precision", default="fp8", choices=PRECISIONS, help="transformer precision (default fp8)")
-    p.add_argument("--t5", default="16bit", choices=T5_MODES, help="T5-XXL: 16-bit, fp8 weight-only, on the CPU, or dropped (default 16bit)")
+    p.add_argument(
+        "--t5", default="auto", choices=("auto", *T5_MODES), help="T5-XXL: auto (default: the planner's choice for the budget, as in the app), 16-bit, fp8 weight-only, on the CPU, or dropped"
+    )
     p.add_argument("--fp8-path", default="auto", choices=FP8_PATH_CHOICES, help="FP8 execution: scaled matmul or upcast (default auto: picks by device)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--base", default=None, help="for a single transformer file: the folder or hub id that provides text encoders and VAE (default: the family's hub id)")
-
-
-def _load(args):
-    from .loader import LoadOptions, load_model
-
-    options = LoadOptions(precision=args.precision, t5=args.t5, fp8_path=args.fp8_path, device=args.device, base=args.base)
-    loaded = load_model(args.model, options)
-    if loaded.random_weights:
-        print("note: the demo model has random weights (the trained demo model is missing from this checkout): images are noise patterns.", file=sys.stderr)
-    return loaded
 
 
 def check_out_file(out: str) -> None:
@@ -65,45 +57,81 @@ def resolve_device_flag(device: str) -> None:
     resolve_device(device)
 
 
+def generation_engine(args):
+    """The engine `generate` runs on: the same planner, pool and stats as the app (no warm-up,
+    no worker thread: the job runs inline). `--vram` is the budget the plan is made for."""
+    from dataclasses import replace
+
+    from .engine import Engine
+    from .loader import load_model
+
+    def loader(model, options):
+        return load_model(model, replace(options, base=args.base))
+
+    return Engine(device=args.device, vram_budget=args.vram, warmup=False, fp8_path=args.fp8_path, loader=loader, t5=args.t5)
+
+
+def _serve(engine, request, args):
+    """The one request path (fp8pipe.serving.serve_request), inline; steps on stderr."""
+    from . import serving
+
+    result = None
+    for item in serving.serve_request(engine, request, args.model, args.precision, inline=True):
+        if isinstance(item, serving.Progress) and not args.json:
+            print(f"\rstep {item.step}/{item.total}", end="", file=sys.stderr, flush=True)
+        elif isinstance(item, serving.Result):
+            result = item
+    if not args.json:
+        print(file=sys.stderr)
+    return result
+
+
 def cmd_generate(args) -> int:
-    from .generation import generate
-    from .requests import GenerationRequest
+    from .serving import public_stats
     from .specs import find_spec
 
-    def request_for(spec):
-        return GenerationRequest.create(
-            spec,
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            steps=args.steps,
-            guidance=args.guidance,
-            seed=args.seed,
-            width=args.width,
-            height=args.height,
-            shift=args.shift,
-        )
-
+    fields = dict(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        shift=args.shift,
+    )
     check_out_file(args.out)
     resolve_device_flag(args.device)
-    known = find_spec(args.model)
-    if known is not None:
-        request_for(known)  # a bad setting fails before gigabytes of weights are read
-    loaded = _load(args)
-    request = request_for(loaded.spec)
-    if args.seed is None:
-        print(f"seed {request.seed} (random; --seed {request.seed} repeats this picture)", file=sys.stderr)
-    result = generate(loaded, request, progress=True)
+    if args.vram is not None:
+        from .memory import parse_size
+
+        parse_size(args.vram)  # a bad budget fails before any weights are read
+    engine = generation_engine(args)
+    try:
+        if find_spec(args.model) is not None:
+            request = engine.request(args.model, **fields)  # a bad setting fails before gigabytes of weights are read
+        else:  # a custom model: its own limits and defaults are known once it is loaded
+            engine.start(models=[(args.model, args.precision)])
+            request = engine.request(args.model, **fields)
+        if args.seed is None:
+            print(f"seed {request.seed} (random; --seed {request.seed} repeats this picture)", file=sys.stderr)
+        result = _serve(engine, request, args)
+    finally:
+        engine.close()
+    if result.stats.get("random_weights"):
+        print("note: the demo model has random weights (the trained demo model is missing from this checkout): images are noise patterns.", file=sys.stderr)
     try:
         path = result.save_png(args.out)
     except OSError as e:
         from .outputs import describe_os_error
 
         raise ValueError(f"--out: could not write {args.out}: {describe_os_error(e)}; nothing was written") from None
-    stats = {**result.stats, "load_s": round(loaded.load_seconds, 3), "out": str(path), "fp8": loaded.fp8.as_dict() if loaded.fp8 else None}
+    stats = public_stats(result)
     if args.json:
         print(json.dumps(stats))
     else:
-        print(f"wrote {path} ({request.width}x{request.height}, {request.steps} steps, seed {request.seed}) in {stats['latency_s']:.2f} s")
+        plan = stats["plan"]
+        print(f"wrote {path} ({request.width}x{request.height}, {request.steps} steps, seed {request.seed}) in {stats['latency_s']:.2f} s; plan {plan['placement']}, T5 {plan['t5']}")
     return 0
 
 
@@ -160,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None, help=f"pixels, a multiple of 16 ({per_model('resolution')})")
     g.add_argument("--height", type=int, default=None, help="pixels, a multiple of 16 (default: the model's, as for --width)")
     g.add_argument("--shift", type=float, default=None, help=f"timestep shift of the flow-matching schedule ({per_model('shift')})")
-    g.add_argument("--json", action="store_true", help="print the stats as one JSON object")
+    g.add_argument("--json", action="store_true", help="print the stats as one JSON object (the app's and the API's schema, with the plan it ran)")
+    g.add_argument("--vram", default=None, help="VRAM budget the plan is made for, e.g. 8GiB (default: the GPU's free memory); on a CPU the plan is reported, everything stays in host RAM")
     _add_load_options(g)
     g.set_defaults(func=cmd_generate)
 

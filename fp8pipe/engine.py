@@ -5,7 +5,10 @@
 - The pool is keyed by (model, precision, placement, T5 placement), bounded by the VRAM and
   host RAM budgets the planner predicts; the least recently used pipeline leaves first.
 - One GPU job at a time, in arrival order: a single worker thread reads a FIFO queue;
-  `submit()` returns a `Job` at once (a Future with cancel and progress).
+  `submit()` returns a `Job` at once (a Future with cancel and progress). `run()` (or
+  `prepare()` + `run_job()`) runs a job inline in the caller's thread instead, through the
+  same code: for a process with no worker thread (a ZeroGPU call's forked child), the CLI and
+  the bench. The engine satisfies `fp8pipe.seam.GenerationService`.
 - Every step calls back with the step number and, when asked, a cheap preview: a fixed
   linear map from the 16 latent channels to RGB.
 - Cancel takes effect between steps (diffusers' `pipe._interrupt`: the remaining steps are
@@ -32,10 +35,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import memory
-from .generation import Cancelled, Result, free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
+from .generation import free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
 from .loader import LoadedModel, load_model, resolve_device
 from .memory import Plan, Workload
+from .previews import latent_preview
 from .requests import GenerationRequest
+from .seam import Cancelled, EngineClosed, OutOfMemory, Progress, QueueFull, Result
 from .specs import SPECS, ModelSpec, find_spec
 
 log = logging.getLogger(__name__)
@@ -43,42 +48,6 @@ log = logging.getLogger(__name__)
 STAGES = ("load", "encode", "denoise", "decode")
 WARMUP_STEPS = 2
 WARMUP_PROMPT = "a warm-up image"
-
-# Latent -> RGB for previews: SD3's 16 latent channels to RGB, the published factors of
-# ComfyUI (comfy/latent_formats.py, class SD3: latent_rgb_factors and _bias), fitted for
-# latents in the diffusion model's (scaled, shifted) space, which is what the pipeline steps.
-SD3_LATENT_RGB_FACTORS = (
-    (-0.0922, -0.0175, 0.0749),
-    (0.0311, 0.0633, 0.0954),
-    (0.1994, 0.0927, 0.0458),
-    (0.0856, 0.0339, 0.0902),
-    (0.0587, 0.0272, -0.0496),
-    (-0.0006, 0.1104, 0.0309),
-    (0.0978, 0.0306, 0.0427),
-    (-0.0042, 0.1038, 0.1358),
-    (-0.0194, 0.0020, 0.0669),
-    (-0.0488, 0.0130, -0.0268),
-    (0.0922, 0.0988, 0.0951),
-    (-0.0278, 0.0524, -0.0542),
-    (0.0332, 0.0456, 0.0895),
-    (-0.0069, -0.0030, -0.0810),
-    (-0.0596, -0.0465, -0.0293),
-    (-0.1448, -0.1463, -0.1189),
-)
-SD3_LATENT_RGB_BIAS = (0.2394, 0.2135, 0.1925)
-
-
-class EngineClosed(RuntimeError):
-    """The engine was closed before the job ran."""
-
-
-class QueueFull(RuntimeError):
-    """Too many jobs are waiting; the caller should ask the user to try again shortly."""
-
-
-class OutOfMemory(RuntimeError):
-    """Out of memory even after stepping down; the message says what was tried."""
-
 
 _DEVICE_FAILURES = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "illegal memory access")
 
@@ -89,24 +58,6 @@ def proves_broken(error: BaseException) -> bool:
     if accelerator_error is not None and isinstance(error, accelerator_error):
         return True
     return any(marker in str(error) for marker in _DEVICE_FAILURES)
-
-
-def latent_preview(latents: torch.Tensor):
-    """A PIL preview of the first latent of a batch (1/8 of the image's size): one matmul."""
-    from PIL import Image
-
-    factors = torch.tensor(SD3_LATENT_RGB_FACTORS, dtype=torch.float32)
-    bias = torch.tensor(SD3_LATENT_RGB_BIAS, dtype=torch.float32)
-    rgb = latents[0].detach().float().cpu().permute(1, 2, 0) @ factors + bias  # (h, w, 3) in about [-1, 1]
-    pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    return Image.fromarray(pixels, mode="RGB")
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int  # steps done, 1-based
-    total: int
-    preview: object = None  # PIL.Image.Image when previews were asked for
 
 
 @dataclass(frozen=True)
@@ -156,6 +107,11 @@ class Job:
 
     def done(self) -> bool:
         return self.future.done()
+
+    @property
+    def progress(self) -> Progress:
+        """Steps done so far (no preview)."""
+        return Progress(self.step, self.request.steps)
 
 
 def _plan_summary(plan: Plan) -> dict:
@@ -208,7 +164,7 @@ class Engine:
 
     # ---- life cycle ----
 
-    def start(self, models=(("demo", "fp8"),), request_fields: dict | None = None) -> "Engine":
+    def start(self, models=(("demo", "fp8"),), request_fields: dict | None = None) -> Engine:
         """Load `models` [(model, precision)], warm each up, start the worker, then set `ready`."""
         with self._gpu:
             self._load_and_warm(models, request_fields)
@@ -256,7 +212,7 @@ class Engine:
                 self._evict(key, "closed")
         return stopped
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -299,6 +255,27 @@ class Engine:
             self._queue.put(job)
         return job
 
+    def prepare(
+        self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False, t5: str | None = None
+    ) -> Job:
+        """A Job for `run_job`: not queued. Its `cancel()` works from any thread."""
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            return Job(next(self._ids), request, model, precision, on_progress, preview, t5)
+
+    def run_job(self, job: Job) -> Result:
+        """Run a prepared job inline, in the caller's thread, with everything a queued job gets
+        (pool, plan, progress, previews, cancel between steps, the out-of-memory step-down).
+        Jobs from the queue and inline ones take turns on the device. This is the path for a
+        process that has no worker thread, such as a ZeroGPU call's forked child."""
+        self._execute(job)
+        return job.result()
+
+    def run(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", on_progress=None, preview: bool = False, t5: str | None = None) -> Result:
+        """`request` inline, in the caller's thread (see run_job)."""
+        return self.run_job(self.prepare(request, model, precision, on_progress, preview, t5))
+
     def generate(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", **kwargs) -> Result:
         return self.submit(request, model, precision, **kwargs).result()
 
@@ -321,20 +298,24 @@ class Engine:
             job = self._queue.get()
             if job is None:
                 return
-            if job.cancelled:
-                job.future.set_exception(Cancelled("cancelled before it started"))
-                continue
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            self._running = job
-            try:
-                with self._gpu:
-                    result = self._run(job)
-                job.future.set_result(result)
-            except BaseException as e:  # the worker must outlive any one job
-                job.future.set_exception(e)
-            finally:
-                self._running = None
+            self._execute(job)
+
+    def _execute(self, job: Job) -> None:
+        """Run `job` in this thread (the worker's, or an inline caller's) and settle its future."""
+        if job.cancelled:
+            job.future.set_exception(Cancelled("cancelled before it started"))
+            return
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            with self._gpu:
+                self._running = job
+                result = self._run(job)
+            job.future.set_result(result)
+        except BaseException as e:  # the worker must outlive any one job
+            job.future.set_exception(e)
+        finally:
+            self._running = None
 
     def _run(self, job: Job) -> Result:
         started = time.perf_counter()
@@ -451,6 +432,15 @@ class Engine:
         sticky = self._plans.get((model, precision, t5))
         if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
             return sticky or _unplanned(spec, precision, work, self.attention)
+        if self.device.type != "cuda" and self.vram_budget:
+            # A budget given on a CPU: the plan a GPU of that size would run, computed and reported
+            # (the same plan the app or the CLI chooses there); every component stays in host RAM.
+            plan = memory.plan_placement(spec, self.vram_budget, self.host_budget, work, precision, self.attention, t5)
+            if sticky is not None and sticky.level > plan.level:
+                plan = sticky
+            plan = replace(plan, reasons=(*plan.reasons, "CPU device: planned for this VRAM budget; every component stays in host RAM"))
+            self._plans[(model, precision, t5)] = plan
+            return plan
         if self.device.type != "cuda":  # no VRAM to plan for: the fastest rung, or the sticky one
             ladder = memory.plan_ladder(spec, self.host_budget, self.host_budget, work, precision, self.attention, t5)
             plan = next(p for p in ladder if p.level >= (sticky.level if sticky else 0))

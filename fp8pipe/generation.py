@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -13,28 +11,7 @@ from .loader import LoadedModel
 from .memory import VAE_TILE_OVERLAP, VAE_TILE_PIXELS
 from .metadata import format_parameters
 from .requests import GenerationRequest
-
-
-class Cancelled(Exception):
-    """The job was cancelled before it finished; no image was made."""
-
-
-@dataclass
-class Result:
-    image: object  # PIL.Image.Image
-    request: GenerationRequest
-    parameters: str
-    stats: dict
-    images: list = field(default_factory=list)  # every image of a batch; `image` is the first
-
-    def save_png(self, path: str | Path) -> Path:
-        """Write the first image with its parameters chunk, all or nothing (temp name, then rename);
-        a failure is an OSError and leaves no file."""
-        from .outputs import write_png_atomically
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return write_png_atomically(self.image, path, self.parameters)
+from .seam import Cancelled, Result
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:

@@ -9,9 +9,13 @@ file, the key and the allowed values.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10 (ZeroGPU's documented runtime): the backport
+    import tomli as tomllib  # type: ignore
 
 from .requests import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS, Limits
 from .specs import ModelSpec

@@ -1,13 +1,12 @@
 """What the web app asks of the engine, without any UI: preset limits and defaults applied
 server-side, the prompt filter, the per-address rate limit with its global ceiling, and
-streaming a job's progress. (The PNGs are kept by fp8pipe.outputs.)
+streaming a job's progress (through fp8pipe.serving, the one request path). (The PNGs are kept by fp8pipe.outputs.)
 
 `app.py` turns these into Gradio events; nothing here imports Gradio.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -95,27 +94,10 @@ def build_request(preset: Preset, spec: ModelSpec, prompt, style: str | None = N
 
 
 def stream_job(engine, request: GenerationRequest, model: str, precision: str, preview: bool, t5: str | None = None, heartbeat: float | None = None) -> Iterator:
-    """Submit `request` and yield each Progress, then the Result. Closing the generator early
-    (a client that went away or cancelled) cancels the job, so it never blocks the queue.
-    With `heartbeat`, None is also yielded after that many seconds without progress (waiting in
-    the queue, a slow stage), so a web server gets the chance to close the generator."""
-    updates: queue.Queue = queue.Queue()
-    job = engine.submit(request, model=model, precision=precision, on_progress=updates.put, preview=preview, t5=t5)
-    quiet_since = time.monotonic()
-    try:
-        while not job.done():
-            try:
-                yield updates.get(timeout=0.05)
-                quiet_since = time.monotonic()
-            except queue.Empty:
-                if heartbeat is not None and time.monotonic() - quiet_since >= heartbeat:
-                    quiet_since = time.monotonic()
-                    yield None
-                continue
-        yield job.result()
-    finally:
-        if not job.done():
-            job.cancel()
+    """The queued form of the one request path (fp8pipe.serving.serve_request)."""
+    from . import serving
+
+    return serving.serve_request(engine, request, model, precision, preview, t5, heartbeat=heartbeat)
 
 
 def difference_image(a, b, gain: float = 4.0):

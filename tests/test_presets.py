@@ -8,7 +8,7 @@ from fp8pipe.presets import PresetError, available_presets, load_preset, parse_p
 from fp8pipe.specs import SPECS
 
 
-@pytest.mark.parametrize("name", ["cpu-demo", "kiosk-8gb", "quality-12gb", "large-16gb"])
+@pytest.mark.parametrize("name", ["cpu-demo", "kiosk-8gb", "quality-12gb", "large-16gb", "zerogpu"])
 def test_each_shipped_preset_loads_and_its_defaults_lie_within_its_limits(name):
     preset = load_preset(name)
     assert preset.name == name and name in available_presets()

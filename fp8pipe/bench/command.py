@@ -11,7 +11,7 @@ from .report import BENCH_PRECISIONS, markdown_report, plot_report, projection_m
 from .rows import BenchOptions, make_cases, run_bench
 from .weights import ARCHS, resolve_arch
 
-PLACEMENTS = ("resident", "model_offload", "planned")  # planned: what the planner picks for --vram-limit
+PLACEMENTS = ("resident", "model_offload", "planned", "served")  # planned: what the planner picks for --vram-limit; served: the app's request path (fp8pipe.serving)
 COMPILE_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BENCH_T5 = ("16bit", "fp8", "drop")

@@ -109,6 +109,10 @@ def case_work(case: Case, spec: ModelSpec, t5: str) -> dict:
 @torch.inference_mode()
 def run_case(case: Case, options: BenchOptions) -> dict:
     """Build a fresh random-weight pipeline for `case`, warm it up, and measure it."""
+    if case.placement == "served":  # through the app's own request path
+        from .served import run_served_case
+
+        return run_served_case(case, options)
     spec = resolve_arch(case.arch)
     device = resolve_device(options.device)
     fp8_path = choose_path(device, options.fp8_path) if case.precision == "fp8" else None
