@@ -80,7 +80,7 @@ def load_image_filter(model: str, labels, threshold: float, device: str = "cpu",
     local cache only, when offline) or a folder written by save_pretrained. Any failure, or a
     model that has none of `labels`, is an ImageFilterError that says how to go on."""
     how = (
-        f"Provide it: download it once while online (huggingface-cli download {model}) or pass a folder "
+        f"Provide it: download it once while online (hf download {model}) or pass a folder "
         "that holds a saved image-classification model with --image-filter FOLDER; or turn the image filter "
         "off explicitly with --no-image-filter."
     )
