@@ -247,19 +247,21 @@ def build_kiosk(app: App):
                         max_length=preset.limits_for(app.spec).max_prompt_chars,
                         elem_id="prompt",
                     )
-                    if hints["vocabulary"]:
-                        gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+                    go = gr.Button("Create", variant="primary", elem_id="generate-button")
+                    status = gr.Markdown(elem_id="status")
                     style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=len(styles) > 1)
                     if hints["examples"]:
                         gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Ideas", elem_id="ideas")
-                    go = gr.Button("Create", variant="primary", elem_id="generate-button")
-                    status = gr.Markdown(elem_id="status")
-                with gr.Column(scale=5, min_width=260, elem_id="kiosk-picture"):
+                    if hints["vocabulary"]:
+                        gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+                with gr.Column(scale=4, min_width=260, elem_id="kiosk-picture"):
+                    drawing = gr.HTML(visible=False, elem_id="drawing")  # progress, over where the picture appears
                     with gr.Row(elem_id="kiosk-picture-row"):
                         image = gr.Image(label="Your picture", type="filepath", format="png", interactive=False, elem_id="result-image", buttons=[], scale=1, min_width=200)
                         with gr.Column(visible=False, scale=0, min_width=200, elem_id="kiosk-takehome") as takehome:
-                            qr = gr.Image(label="Take it home", type="pil", format="png", interactive=False, elem_id="takehome-qr", buttons=[], height=200)
-                            gr.Markdown("Scan with your phone to take the picture home.", elem_id="takehome-note")
+                            # no label: nothing may cover the code's quiet zone
+                            qr = gr.Image(show_label=False, type="pil", format="png", interactive=False, elem_id="takehome-qr", buttons=[], height=200)
+                            gr.Markdown("**Take it home:** scan this with your phone.", elem_id="takehome-note")
 
         def begin():
             return gr.update(visible=False), gr.update(visible=True), time.time(), "main"
@@ -271,38 +273,44 @@ def build_kiosk(app: App):
 
         prompt.input(touch, None, last_active, api_visibility="private", queue=False, show_progress="hidden")
 
-        def create(text, chosen_style, request: gr.Request, progress=gr.Progress()):
-            """Progress shows on the picture's box (show_progress_on); the old picture and its
-            QR code go first, so a refused or failed request leaves nothing of the last one."""
-            yield None, "Starting...", time.time(), None, gr.update(visible=False)
+        def create(text, chosen_style, request: gr.Request):
+            """Progress shows over the picture's box; the old picture and its QR code go first,
+            so a refused or failed request leaves nothing of the last one."""
+            from fp8pipe.kiosk_css import progress_html
+
+            skip = gr.skip()
+            yield None, "Starting...", time.time(), None, gr.update(visible=False), gr.update(value=progress_html(0, 0), visible=True)
             result = None
-            for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
-                if item is None:  # a heartbeat: the event can be stopped here
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                elif hasattr(item, "step"):
-                    progress((item.step, item.total), desc="Drawing")
-                    picture = item.preview if item.preview is not None else gr.skip()
-                    yield picture, f"Step {item.step} of {item.total}", time.time(), gr.skip(), gr.skip()
-                else:
-                    result = item
-            paths = _keep(app, result)
+            try:
+                for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
+                    if item is None:  # a heartbeat: the event can be stopped here
+                        yield skip, skip, skip, skip, skip, skip
+                    elif hasattr(item, "step"):
+                        picture = item.preview if item.preview is not None else skip
+                        yield picture, f"Step {item.step} of {item.total}", time.time(), skip, skip, progress_html(item.step, item.total)
+                    else:
+                        result = item
+                paths = _keep(app, result)
+            except gr.Error:
+                yield skip, "", time.time(), skip, skip, gr.update(visible=False)  # the bar goes; the message shows
+                raise
             code, shown = None, gr.update(visible=False)
             if app.public_url:
                 from fp8pipe.takehome import public_link, qr_code
 
                 code, shown = qr_code(public_link(app.public_url, paths[0])), gr.update(visible=True)
-            yield str(paths[0]), f"Done in {result.stats['latency_s']:.1f} s", time.time(), code, shown
+            yield str(paths[0]), f"Done in {result.stats['latency_s']:.1f} s", time.time(), code, shown, gr.update(visible=False)
 
         for trigger in (go.click, prompt.submit):
             trigger(
                 create,
                 [prompt, style],
-                [image, status, last_active, qr, takehome],
+                [image, status, last_active, qr, takehome, drawing],
                 api_visibility="private",
                 concurrency_id=GPU_QUEUE,
                 concurrency_limit=1,
                 trigger_mode="once",
-                show_progress_on=[image],
+                show_progress_on=[image],  # the queue's place and ETA show where the picture will appear
             )
 
         timer = gr.Timer(IDLE_CHECK_SECONDS)
