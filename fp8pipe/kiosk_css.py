@@ -10,7 +10,6 @@ over the box where it will appear (progress_html).
 
 KIOSK_CSS = """
 footer, .footer {display: none !important}
-html, body {overflow: hidden}
 .gradio-container {max-width: 100% !important; padding: 8px 16px !important; min-height: 0 !important}
 .gradio-container > .main, .gradio-container .wrap.fillable {padding: 0 !important}
 #prompt textarea {font-size: 1.4rem !important; line-height: 1.3}
@@ -41,9 +40,7 @@ html, body {overflow: hidden}
   #kiosk-controls, #kiosk-picture {width: 100% !important; flex: none !important}
   #kiosk-picture-row {flex-direction: column; flex-wrap: nowrap}
   #result-image {height: min(calc(100vw - 48px), calc(100vh - 820px)) !important; flex: none !important}
-  #kiosk-takehome {flex-direction: row !important; align-items: center; flex: none !important; width: 100% !important}
-  #takehome-qr {flex: 0 0 200px !important}
-  #takehome-note p {text-align: left}
+  #kiosk-takehome {align-items: center; flex: none !important; width: 100% !important}
 }
 """
 
