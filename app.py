@@ -580,16 +580,15 @@ def create_app(args) -> tuple[object, App]:
 def _load_image_filter(args, preset, device: str):
     """The preset's image classifier (or --image-filter's), None when there is none or
     --no-image-filter; ImageFilterError when a required one cannot be loaded."""
-    from fp8pipe.image_filter import filter_device, load_image_filter
-    from fp8pipe.memory import parse_size
+    from fp8pipe.image_filter import filter_device, load_image_filter, planned_peak_vram
 
     model = None if args.no_image_filter else (args.image_filter or preset.image_filter)
     if model is None:
         if preset.image_filter:
             log.warning("image filter of preset %s turned off by --no-image-filter", preset.name)
         return None
-    budget = args.vram or preset.vram
-    where = filter_device(preset.image_filter_device, device, parse_size(budget) if budget else None)
+    budget, peak = planned_peak_vram(_known_spec(args.model or preset.model), preset, args.vram or preset.vram, device)
+    where = filter_device(preset.image_filter_device, device, budget, peak)
     why = f"that preset {preset.name} requires " if preset.image_filter and not args.image_filter else ""
     return load_image_filter(model, preset.image_filter_labels, preset.image_filter_threshold, where, why)
 

@@ -20,7 +20,8 @@ from .safety import FRIENDLY_MESSAGE
 from .service import Refused
 
 FILTER_DEVICES = ("auto", "cpu", "cuda")
-GPU_FILTER_MIN_VRAM = 12 * 1024**3  # below this the diffusion model keeps the card to itself
+FILTER_VRAM_BYTES = 400 * 1024**2  # a ViT-base classifier in float32 (344 MB of weights) and its activations at 224 px
+VRAM_KEPT_FREE = 0.05  # as the planner keeps (fp8pipe.memory.plan_placement)
 
 
 class ImageFilterError(RuntimeError):
@@ -45,13 +46,33 @@ class Verdict:
     seconds: float
 
 
-def filter_device(choice: str, engine_device: str, vram_budget: int | None) -> str:
-    """Where the classifier runs. "auto": the CPU, unless the engine has a GPU with room to
-    spare (a budget of 12 GiB or more); a small ViT takes a fraction of a second on a CPU,
-    and an 8 GB card keeps its memory for the diffusion model."""
+def filter_device(choice: str, engine_device: str, vram_budget: int | None, planned_peak: int | None) -> str:
+    """Where the classifier runs. "auto": on the GPU when the engine has one and the planner's
+    predicted peak for the preset's default picture leaves room for the classifier twice over
+    (FILTER_VRAM_BYTES, with the planner's 5% kept free); else on the CPU, where it costs
+    time (bench/results/image-filter-cpu.json) but never the diffusion model's memory."""
     if choice != "auto":
         return choice
-    return "cuda" if engine_device.startswith("cuda") and (vram_budget or 0) >= GPU_FILTER_MIN_VRAM else "cpu"
+    if not engine_device.startswith("cuda") or not vram_budget or planned_peak is None:
+        return "cpu"
+    room = vram_budget * (1 - VRAM_KEPT_FREE) - planned_peak
+    return "cuda" if room >= 2 * FILTER_VRAM_BYTES else "cpu"
+
+
+def planned_peak_vram(spec, preset, budget, device: str) -> tuple[int | None, int | None]:
+    """(VRAM budget, the planner's predicted peak for the preset's default picture), or
+    (None, None) without a GPU, for a model the planner does not know, or when nothing fits."""
+    from . import memory
+
+    if spec is None or not device.startswith("cuda"):
+        return None, None
+    vram = memory.parse_size(budget) if budget else memory.free_vram_bytes(device)
+    if not vram:
+        return None, None
+    defaults = preset.defaults_for(spec)
+    work = memory.Workload(defaults["width"], defaults["height"], 1, defaults["guidance"] > 1.0)
+    plan = memory.plan_placement(spec, vram, memory.host_ram_bytes(), work, preset.precision, memory.choose_attention(device), preset.t5)
+    return (vram, plan.predicted_peak_vram_bytes) if plan.fits else (None, None)
 
 
 @dataclass

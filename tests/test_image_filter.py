@@ -11,7 +11,7 @@ from conftest import ROOT, free_port
 from PIL import Image
 from tiny_classifier import save_tiny_classifier
 
-from fp8pipe.image_filter import ImageFilterError, ImageFlagged, filter_device, load_image_filter, screened
+from fp8pipe.image_filter import ImageFilterError, ImageFlagged, filter_device, load_image_filter, planned_peak_vram, screened
 from fp8pipe.presets import PresetError, load_preset, parse_preset
 from fp8pipe.safety import FRIENDLY_MESSAGE
 
@@ -72,11 +72,23 @@ def test_a_model_without_the_labels_to_flag_is_refused(passing):
         load_image_filter(str(passing), ["porn"], 0.5)
 
 
-def test_auto_runs_on_the_cpu_unless_a_gpu_has_room_to_spare():
-    assert filter_device("auto", "cpu", None) == "cpu"
-    assert filter_device("auto", "cuda", 8 * 1024**3) == "cpu"
-    assert filter_device("auto", "cuda", 24 * 1024**3) == "cuda"
-    assert filter_device("cuda", "cpu", None) == "cuda"
+def test_auto_runs_on_the_gpu_only_where_the_planner_leaves_room():
+    GiB = 1024**3
+    assert filter_device("auto", "cpu", None, None) == "cpu"
+    assert filter_device("auto", "cuda", 8 * GiB, 5 * GiB) == "cuda"  # 2.6 GiB to spare
+    assert filter_device("auto", "cuda", 8 * GiB, 7.2 * GiB) == "cpu"  # 0.4 GiB to spare
+    assert filter_device("auto", "cuda", None, None) == "cpu"  # nothing planned: the CPU
+    assert filter_device("cuda", "cpu", None, None) == "cuda"  # the preset decides
+
+
+def test_the_kiosk_presets_picture_leaves_the_planner_room_for_the_filter_on_8_gib():
+    from fp8pipe.specs import SPECS
+
+    preset = load_preset("kiosk-8gb")
+    budget, peak = planned_peak_vram(SPECS[preset.model], preset, preset.vram, "cuda")
+    assert budget == 8 * 1024**3 and 0 < peak < budget
+    assert filter_device("auto", "cuda", budget, peak) == "cuda"  # about 5 GiB predicted: the classifier fits beside it
+    assert planned_peak_vram(SPECS[preset.model], preset, preset.vram, "cpu") == (None, None)
 
 
 def test_the_kiosk_preset_has_the_filter_on_and_the_demo_preset_off():
