@@ -57,7 +57,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="HEADER",
         help="behind a reverse proxy you run (only then): the header it puts the client's address in, e.g. X-Forwarded-For; the rate limit counts by that address",
     )
+    p.add_argument("--public-url", default=None, metavar="URL", help="the address visitors' phones reach this server at, e.g. http://192.168.1.20:7860; the kiosk then shows a QR code to take each picture home")
+    p.add_argument("--image-filter", default=None, metavar="MODEL", help="the image classifier that checks every picture (hub id or folder); overrides the preset's [image_filter] model")
+    p.add_argument("--no-image-filter", action="store_true", help="turn the preset's image filter off explicitly")
     args = p.parse_args(argv)
+    if args.image_filter and args.no_image_filter:
+        p.error("--image-filter and --no-image-filter exclude each other")
+    if args.public_url is not None:
+        from fp8pipe.takehome import check_public_url
+
+        try:
+            args.public_url = check_public_url(args.public_url)
+        except ValueError as e:
+            p.error(str(e))
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
         p.error("--auth must be USER:PASS with both parts non-empty")
     if args.queue_size is not None and not 1 <= args.queue_size <= 1000:
@@ -80,6 +92,8 @@ class App:
     outputs: object  # fp8pipe.outputs.OutputStore
     proxy_header: str | None = None
     gpu_stream: object = None  # ZeroGPU: the job's stream, run inline inside a @spaces.GPU call
+    image_filter: object = None  # fp8pipe.image_filter.ImageFilter, or None when the preset has none
+    public_url: str | None = None  # where visitors' phones reach this server: the kiosk shows a QR code
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
 
@@ -103,10 +117,13 @@ def client_address(app: App, request) -> str:
 def _as_gradio_error(e: Exception, request=None, values: dict | None = None):
     """The visitor's error. A refused input is one log line (field, value, client) and no
     traceback; a real failure keeps its traceback in the log."""
+    from fp8pipe.image_filter import ImageFlagged
     from fp8pipe.requests import RequestError
     from fp8pipe.service import Refused
 
-    if isinstance(e, (Refused, RequestError)):
+    if isinstance(e, ImageFlagged):
+        log.warning("refused image of prompt=%.80r from %s: flagged %s", (values or {}).get("prompt"), _peer(request), e.detail)
+    elif isinstance(e, (Refused, RequestError)):
         name = getattr(e, "field", "request")
         value = (values or {}).get(name)
         log.warning("refused %s=%.80r from %s: %s", name, value, _peer(request), e)
@@ -129,6 +146,7 @@ def _peer(request) -> str:
 def _run(app: App, prompt, style=None, precision=None, preview=False, request=None, model=None, t5=None, **fields):
     """Validate, filter, rate-limit, then stream (Progress..., Result) from the engine."""
     from fp8pipe import serving
+    from fp8pipe.image_filter import screened
     from fp8pipe.requests import RequestError
     from fp8pipe.service import Refused, build_request
 
@@ -140,11 +158,13 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, "style": style, **fields}) from None
     try:
+        preview = preview and app.image_filter is None  # with an image filter, nothing is shown before its verdict
         args = (req, model, precision or app.preset.precision, preview, None if t5 in (None, "auto") else t5)
         if app.gpu_stream is not None:  # ZeroGPU: the whole job inside one GPU call (a forked child)
-            yield from app.gpu_stream(*args)
+            stream = app.gpu_stream(*args)
         else:
-            yield from serving.serve_request(app.engine, *args, heartbeat=HEARTBEAT_SECONDS)
+            stream = serving.serve_request(app.engine, *args, heartbeat=HEARTBEAT_SECONDS)
+        yield from screened(stream, app.image_filter)
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, **fields}) from None
     except RuntimeError as e:
@@ -230,19 +250,9 @@ def api_generate(app: App):
 
 # ---- kiosk -----------------------------------------------------------------------------
 
-KIOSK_CSS = """
-footer, .footer {display: none !important}
-#prompt textarea {font-size: 1.6rem !important; line-height: 1.3}
-#generate-button {font-size: 1.8rem !important; min-height: 4.5rem}
-#start-button {font-size: 2rem !important; min-height: 6rem}
-#attract-title h1 {font-size: 3rem; text-align: center}
-#style label {font-size: 1.2rem}
-#result-image img, #attract-image img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
-.gradio-container {max-width: 100% !important}
-"""
-
-
 def build_kiosk(app: App):
+    """The attract screen, then prompt, styles, Create and the picture (with its take-home QR
+    code when there is a --public-url), laid out so that nothing scrolls (fp8pipe.kiosk_css)."""
     preset, hints = app.preset, app.hints
     styles = [s.name for s in hints["styles"]]
     with gr.Blocks(title="fp8pipe kiosk", fill_height=True, delete_cache=(600, 3600)) as demo:
@@ -252,24 +262,33 @@ def build_kiosk(app: App):
         with gr.Column(visible=True, elem_id="attract") as attract:
             gr.Markdown("# Type an idea. Get a picture.", elem_id="attract-title")
             first = app.examples[0] if app.examples else None
-            slideshow = gr.Image(first, show_label=False, interactive=False, elem_id="attract-image", height=520, buttons=[])
+            slideshow = gr.Image(first, show_label=False, interactive=False, elem_id="attract-image", buttons=[])
             start = gr.Button("Touch to start", variant="primary", elem_id="start-button")
         with gr.Column(visible=False, elem_id="kiosk-main") as main:
-            prompt = gr.Textbox(
-                label="Your idea",
-                placeholder=hints["placeholder"],
-                lines=2,
-                max_length=preset.limits_for(app.spec).max_prompt_chars,
-                elem_id="prompt",
-            )
-            if hints["vocabulary"]:
-                gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
-            style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=len(styles) > 1)
-            if hints["examples"]:
-                gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Ideas", elem_id="ideas")
-            go = gr.Button("Create", variant="primary", elem_id="generate-button")
-            image = gr.Image(label="Your picture", type="filepath", format="png", interactive=False, elem_id="result-image", height=640, buttons=[])
-            status = gr.Markdown(elem_id="status")
+            with gr.Row(elem_id="kiosk-row"):
+                with gr.Column(scale=2, min_width=260, elem_id="kiosk-controls"):
+                    prompt = gr.Textbox(
+                        label="Your idea",
+                        placeholder=hints["placeholder"],
+                        lines=2,
+                        max_length=preset.limits_for(app.spec).max_prompt_chars,
+                        elem_id="prompt",
+                    )
+                    go = gr.Button("Create", variant="primary", elem_id="generate-button")
+                    status = gr.Markdown(elem_id="status")
+                    style = gr.Radio(styles, value=styles[0] if styles else None, label="Style", elem_id="style", visible=len(styles) > 1)
+                    if hints["examples"]:
+                        gr.Examples(examples=[[e] for e in hints["examples"]], inputs=[prompt], label="Ideas", elem_id="ideas")
+                    if hints["vocabulary"]:
+                        gr.Markdown(hints["vocabulary"], elem_id="vocabulary")
+                with gr.Column(scale=4, min_width=260, elem_id="kiosk-picture"):
+                    drawing = gr.HTML(visible=False, elem_id="drawing")  # progress, over where the picture appears
+                    with gr.Row(elem_id="kiosk-picture-row"):
+                        image = gr.Image(label="Your picture", type="filepath", format="png", interactive=False, elem_id="result-image", buttons=[], scale=1, min_width=200)
+                        with gr.Column(visible=False, scale=0, min_width=200, elem_id="kiosk-takehome") as takehome:
+                            # no label: nothing may cover the code's quiet zone
+                            qr = gr.Image(show_label=False, type="pil", format="png", interactive=False, elem_id="takehome-qr", buttons=[], height=200)
+                            gr.Markdown("**Take it home:** scan this with your phone.", elem_id="takehome-note")
 
         def begin():
             return gr.update(visible=False), gr.update(visible=True), time.time(), "main"
@@ -282,28 +301,43 @@ def build_kiosk(app: App):
         prompt.input(touch, None, last_active, api_visibility="private", queue=False, show_progress="hidden")
 
         def create(text, chosen_style, request: gr.Request):
-            yield gr.update(), "Starting...", time.time()
+            """Progress shows over the picture's box; the old picture and its QR code go first,
+            so a refused or failed request leaves nothing of the last one."""
+            from fp8pipe.kiosk_css import progress_html
+
+            skip = gr.skip()
+            yield None, "Starting...", time.time(), None, gr.update(visible=False), gr.update(value=progress_html(0, 0), visible=True)
             result = None
-            for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
-                if item is None:  # a heartbeat: the event can be stopped here
-                    yield gr.skip(), gr.skip(), gr.skip()
-                elif hasattr(item, "step"):
-                    picture = item.preview if item.preview is not None else gr.update()
-                    yield picture, f"Step {item.step} of {item.total}", time.time()
-                else:
-                    result = item
-            paths = _keep(app, result)
-            yield str(paths[0]), f"Done in {result.stats['latency_s']:.1f} s", time.time()
+            try:
+                for item in _run(app, text, style=chosen_style, preview=preset.previews, request=request):
+                    if item is None:  # a heartbeat: the event can be stopped here
+                        yield skip, skip, skip, skip, skip, skip
+                    elif hasattr(item, "step"):
+                        picture = item.preview if item.preview is not None else skip
+                        yield picture, f"Step {item.step} of {item.total}", time.time(), skip, skip, progress_html(item.step, item.total)
+                    else:
+                        result = item
+                paths = _keep(app, result)
+            except gr.Error:
+                yield skip, "", time.time(), skip, skip, gr.update(visible=False)  # the bar goes; the message shows
+                raise
+            code, shown = None, gr.update(visible=False)
+            if app.public_url:
+                from fp8pipe.takehome import public_link, qr_code
+
+                code, shown = qr_code(public_link(app.public_url, paths[0])), gr.update(visible=True)
+            yield str(paths[0]), f"Done in {result.stats['latency_s']:.1f} s", time.time(), code, shown, gr.update(visible=False)
 
         for trigger in (go.click, prompt.submit):
             trigger(
                 create,
                 [prompt, style],
-                [image, status, last_active],
+                [image, status, last_active, qr, takehome, drawing],
                 api_visibility="private",
                 concurrency_id=GPU_QUEUE,
                 concurrency_limit=1,
                 trigger_mode="once",
+                show_progress_on=[image],  # the queue's place and ETA show where the picture will appear
             )
 
         timer = gr.Timer(IDLE_CHECK_SECONDS)
@@ -314,17 +348,17 @@ def build_kiosk(app: App):
             keep = gr.update()
             if where == "main":
                 if time.time() - since <= preset.idle_seconds:
-                    return keep, keep, keep, keep, keep, keep, where, count
-                return gr.update(visible=True), gr.update(visible=False), "", None, "", keep, "attract", count
+                    return keep, keep, keep, keep, keep, keep, keep, where, count
+                return gr.update(visible=True), gr.update(visible=False), "", None, "", gr.update(visible=False), keep, "attract", count
             pictures = [p for p in app.recent if os.path.exists(p)] or app.examples
             per_slide = max(1, round(SLIDESHOW_SECONDS / IDLE_CHECK_SECONDS))
             picture = pictures[(count // per_slide) % len(pictures)] if pictures and count % per_slide == 0 else keep
-            return keep, keep, keep, keep, keep, picture, where, count + 1
+            return keep, keep, keep, keep, keep, keep, picture, where, count + 1
 
         timer.tick(
             tick,
             [last_active, screen, ticks],
-            [attract, main, prompt, image, status, slideshow, screen, ticks],
+            [attract, main, prompt, image, status, takehome, slideshow, screen, ticks],
             api_visibility="private",
             queue=False,
             show_progress="hidden",
@@ -535,7 +569,8 @@ def create_app(args) -> tuple[object, App]:
     check_port_free(args.host, args.port)
     cache = check_writable_folder(get_upload_folder(), "Gradio's file cache (GRADIO_TEMP_DIR)")
     check_writable_folder(tempfile.gettempdir(), "the temporary folder (TMPDIR)")
-    resolve_device(args.device)
+    device = resolve_device(args.device)
+    image_filter = _load_image_filter(args, preset, str(device))  # fails closed, before minutes of loading
     known = _known_spec(model)
     if known is not None:
         preset.check_for(known)
@@ -560,16 +595,34 @@ def create_app(args) -> tuple[object, App]:
         limiter=RateLimiter(preset.rate_limit_requests, preset.rate_limit_seconds, preset.rate_limit_ceiling),
         outputs=outputs,
         proxy_header=args.trusted_proxy_header,
+        image_filter=image_filter,
+        public_url=args.public_url,
     )
     if args.kiosk:  # the attract screen shows pictures from the first second
         from fp8pipe.attract import example_pictures
 
-        app.examples = example_pictures(engine, model, preset, spec, preset.precision, app.hints["examples"], outputs)
+        app.examples = example_pictures(engine, model, preset, spec, preset.precision, app.hints["examples"], outputs, image_filter)
     demo = build_kiosk(app) if args.kiosk else build_advanced(app)
     if spaces is not None:  # ZeroGPU: each job runs inside a GPU call (the events stay in the parent)
         app.gpu_stream = zerogpu_stream(app, spaces)
     demo.queue(max_size=args.queue_size or preset.queue_size, default_concurrency_limit=1)
     return demo, app
+
+
+def _load_image_filter(args, preset, device: str):
+    """The preset's image classifier (or --image-filter's), None when there is none or
+    --no-image-filter; ImageFilterError when a required one cannot be loaded."""
+    from fp8pipe.image_filter import filter_device, load_image_filter, planned_peak_vram
+
+    model = None if args.no_image_filter else (args.image_filter or preset.image_filter)
+    if model is None:
+        if preset.image_filter:
+            log.warning("image filter of preset %s turned off by --no-image-filter", preset.name)
+        return None
+    budget, peak = planned_peak_vram(_known_spec(args.model or preset.model), preset, args.vram or preset.vram, device)
+    where = filter_device(preset.image_filter_device, device, budget, peak)
+    why = f"that preset {preset.name} requires " if preset.image_filter and not args.image_filter else ""
+    return load_image_filter(model, preset.image_filter_labels, preset.image_filter_threshold, where, why)
 
 
 def _known_spec(model: str):
@@ -590,7 +643,13 @@ def launch_kwargs(args, app: App) -> dict:
         max_file_size=0 if args.kiosk else MAX_UPLOAD,  # the kiosk has no upload field: it accepts no file
         state_session_capacity=SESSION_CAPACITY,
     )
+    from fp8pipe.kiosk_css import KIOSK_CSS
+
     kwargs["css"] = KIOSK_CSS if args.kiosk else ADVANCED_CSS
+    if args.kiosk and app.public_url:  # the QR codes' links: /takehome/<name>.png from the output folder
+        from fp8pipe.takehome import route
+
+        kwargs["app_kwargs"] = {"routes": [route(app.outputs.folder)]}
     return kwargs
 
 
@@ -603,13 +662,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
     from fp8pipe.errors import ModelLoadError
+    from fp8pipe.image_filter import ImageFilterError
     from fp8pipe.presets import PresetError
 
     from fp8pipe.startup import StartupError, exit_cleanly, stop_on_signals
 
     try:
         demo, app = create_app(args)
-    except (ModelLoadError, PresetError, StartupError, ValueError) as e:
+    except (ModelLoadError, PresetError, StartupError, ImageFilterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from fp8pipe.naming import model_display_name

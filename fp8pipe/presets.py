@@ -2,7 +2,7 @@
 
 A preset names the model and precision, the defaults a request starts from, the limits a
 request may not pass (enforced server-side, at the API too), kiosk behaviour (styles,
-examples, filter words, idle reset, rate limit) and the queue size. Every error names the
+examples, filter words, the image filter, idle reset, rate limit) and the queue size. Every error names the
 file, the key and the allowed values.
 """
 
@@ -63,6 +63,10 @@ class Preset:
     rate_limit_total: int | None = None  # over all clients together; None: 10 x requests
     queue_size: int = 16
     previews: bool = True
+    image_filter: str | None = None  # an image-classification model (hub id or folder); None: off
+    image_filter_labels: tuple[str, ...] = ("nsfw",)
+    image_filter_threshold: float = 0.5
+    image_filter_device: str = "auto"  # auto, cpu, cuda (fp8pipe.image_filter.filter_device)
     source: str = "<built-in>"
 
     def limits_for(self, spec: ModelSpec) -> Limits:
@@ -157,6 +161,12 @@ _LIMITS = {
     "max_prompt_chars": _int_range(1, MAX_PROMPT_CHARS),
 }
 _RATE = {"requests": _int_range(1, 10_000), "per_seconds": _int_range(1, 86_400), "total": _int_range(1, 1_000_000)}
+_IMAGE_FILTER = {
+    "model": _text(500),
+    "labels": ((lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v)), "a non-empty list of labels"),
+    "threshold": _float_range(0.0, 1.0),
+    "device": _one_of(("auto", "cpu", "cuda")),
+}
 _STYLE = {"name": _text(64), "suffix": _text(300)}
 MAX_FILE_BYTES = 256 * 1024
 MAX_DEPTH = 8
@@ -187,7 +197,7 @@ def parse_preset(text: str, source: str) -> Preset:
         raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)") from None
     if _depth(data) > MAX_DEPTH:
         raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)")
-    sections = {"defaults": _DEFAULTS, "limits": _LIMITS, "rate_limit": _RATE}
+    sections = {"defaults": _DEFAULTS, "limits": _LIMITS, "rate_limit": _RATE, "image_filter": _IMAGE_FILTER}
     top = {k: v for k, v in data.items() if k not in sections and k != "styles"}
     _check_table(source, "", top, _TOP)
     fields = dict(top)
@@ -200,6 +210,11 @@ def parse_preset(text: str, source: str) -> Preset:
         fields["rate_limit_seconds"] = rate["per_seconds"]
     if "total" in rate:
         fields["rate_limit_total"] = rate["total"]
+    image_filter = _check_table(source, "image_filter", data.get("image_filter", {}), _IMAGE_FILTER)
+    if image_filter and not image_filter.get("model", "").strip():
+        raise PresetError(f"{source}: [image_filter] needs model (a hub id or a folder of an image-classification model)")
+    for key, value in image_filter.items():
+        fields["image_filter" if key == "model" else f"image_filter_{key}"] = tuple(value) if key == "labels" else value
     styles = data.get("styles", [])
     if not isinstance(styles, list) or not all(isinstance(s, dict) and set(s) == {"name", "suffix"} for s in styles):
         raise PresetError(f"{source}: styles must be a list of tables with exactly the keys name and suffix")

@@ -162,11 +162,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(argv: list[str]):
-    """(url, demo, App) of app.py started in this process on a free port."""
+def start_app(argv: list[str], port: int | None = None):
+    """(url, demo, App) of app.py started in this process on `port` (default: a free one)."""
     import app as webapp
 
-    args = webapp.parse_args([*argv, "--port", str(free_port()), "--host", "127.0.0.1"])
+    args = webapp.parse_args([*argv, "--port", str(port or free_port()), "--host", "127.0.0.1"])
     demo, state = webapp.create_app(args)
     kwargs = webapp.launch_kwargs(args, state)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
