@@ -24,6 +24,7 @@ Stats schema (`STATS_KEYS`, every key always present; None where it does not app
   peak_memory_bytes, peak_memory_kind, peak_vram_bytes   measured peak
   parameters       the PNG's parameters text
   warning          for the demo model: prompt words it does not know; else None
+  image_filter_s, image_filter_device   the image filter's time and device (None without a filter)
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ STATS_KEYS = (
     "peak_vram_bytes",
     "parameters",
     "warning",
+    "image_filter_s",
+    "image_filter_device",
 )
 
 
