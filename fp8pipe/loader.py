@@ -494,7 +494,15 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         candidates = [s.transformer_config for s in SPECS.values()]
         base_folder = Path(options.base).expanduser() if options.base and Path(options.base).expanduser().is_dir() else None
         if base_folder is not None and (base_folder / "transformer" / "config.json").is_file():
-            candidates.insert(0, _transformer_config(base_folder))  # the base's own architecture first
+            base_config = _transformer_config(base_folder)
+            mismatch = ckpt.architecture_mismatch(state, base_config)
+            if mismatch:
+                raise ModelLoadError(
+                    f"{Path(source.location).name} is a transformer of another architecture than --base {base_folder.name} ({mismatch})",
+                    tried=[source.location, str(base_folder)],
+                    fix="pass as --base the model family this file was made from",
+                )
+            candidates.insert(0, base_config)  # the base's own architecture first
         config = ckpt.infer_transformer_config(state, candidates)
         if config is None:
             raise ModelLoadError(
