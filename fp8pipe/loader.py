@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import allinone
 from . import checkpoint as ckpt
 from .errors import ModelLoadError
 from .fp8 import (
@@ -82,6 +83,7 @@ class LoadedModel:
     fp8: FP8Report | None
     load_seconds: float
     dtypes: dict = field(default_factory=dict)
+    origins: dict = field(default_factory=dict)  # single file: component -> "file" or "base"
 
     @property
     def random_weights(self) -> bool:
@@ -107,6 +109,7 @@ class LoadedModel:
             "random_weights": self.random_weights,
             "fp8": self.fp8.as_dict() if self.fp8 else None,
             "load_s": round(self.load_seconds, 3),
+            **({"components_from": self.origins} if self.origins else {}),
         }
 
 
@@ -478,6 +481,7 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
     path = choose_path(device, options.fp8_path) if options.precision == "fp8" else None
     policy = TRANSFORMER_POLICY
     kind = source.kind
+    origins: dict[str, str] = {}  # single files: which components came from the file, which from --base
 
     if source.kind == "demo":
         spec = SPECS["demo"]
@@ -515,6 +519,8 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         kind = f"single_file:{layout}"
         components = _demo_components(spec, options.t5 != "drop") if base == "demo" else _load_base(base, options.t5)
         components.pop("transformer", None)
+        origins = allinone.load_parts(Path(source.location), components)
+        origins.update(tokenizers="base", scheduler="base")
         tensors = state.items()
     else:  # folder, fp8 checkpoint, hub
         folder = Path(source.location) if source.kind != "hub" else _hub_snapshot(source.location, ["model_index.json", "transformer/*.json", "transformer/*.safetensors"])
@@ -552,6 +558,7 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         fp8=report,
         load_seconds=time.perf_counter() - start,
         dtypes=dtypes,
+        origins=origins,
     )
 
 
