@@ -83,7 +83,11 @@ def cmd_generate(args) -> int:
             shift=args.shift,
         )
 
+    from .lora import check_lora_files, parse_lora_arg
+
     check_out_file(args.out)
+    loras = [parse_lora_arg(text) for text in args.lora]
+    check_lora_files(loras)  # a missing file or bad strength fails before the model is read
     resolve_device_flag(args.device)
     known = find_spec(args.model)
     if known is not None:
@@ -92,7 +96,14 @@ def cmd_generate(args) -> int:
     request = request_for(loaded.spec)
     if args.seed is None:
         print(f"seed {request.seed} (random; --seed {request.seed} repeats this picture)", file=sys.stderr)
+    lora_stats = apply_loras(loaded, loras, args.lora_mode)
     result = generate(loaded, request, progress=True)
+    if loras:
+        from .lora import png_loras
+        from .metadata import add_loras
+
+        result.parameters = add_loras(result.parameters, png_loras(loras))
+        result.stats.update(lora_stats)
     try:
         path = result.save_png(args.out)
     except OSError as e:
@@ -105,6 +116,18 @@ def cmd_generate(args) -> int:
     else:
         print(f"wrote {path} ({request.width}x{request.height}, {request.steps} steps, seed {request.seed}) in {stats['latency_s']:.2f} s")
     return 0
+
+
+def apply_loras(loaded, loras, mode: str) -> dict:
+    """Put `loras` on the loaded pipeline (nothing when there are none); the stats that say so."""
+    if not loras:
+        return {}
+    from .lora import LoraSet
+
+    stats = LoraSet(loaded.pipe).apply(loras, mode)
+    for entry in stats["loras"]:
+        print(f"lora {entry['name']} ({entry['layout']}, strength {entry['strength']:g}, {mode}): {entry['matched']} modules matched, {entry['layers']} layers", file=sys.stderr)
+    return stats
 
 
 def cmd_quantize(args) -> int:
@@ -161,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None, help="pixels, a multiple of 16 (default: the model's, as for --width)")
     g.add_argument("--shift", type=float, default=None, help=f"timestep shift of the flow-matching schedule ({per_model('shift')})")
     g.add_argument("--json", action="store_true", help="print the stats as one JSON object")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file (diffusers/PEFT, kohya or ComfyUI keys) and its strength, -4 to 4 (default 1); repeatable")
+    g.add_argument("--lora-mode", default="runtime", choices=("runtime", "merge"), help="runtime: the LoRA computed in 16-bit beside the FP8 matmul (default); merge: folded into the weights and re-quantized")
     _add_load_options(g)
     g.set_defaults(func=cmd_generate)
 

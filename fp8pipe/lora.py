@@ -70,6 +70,37 @@ def check_strength(strength, where: str = "") -> float:
     return value
 
 
+def check_lora_files(specs: list[LoraSpec]) -> None:
+    """Each file exists, is safetensors, and appears once; at most MAX_LORAS (before any model is read)."""
+    if len(specs) > MAX_LORAS:
+        raise ValueError(f"--lora: at most {MAX_LORAS} LoRAs at once; got {len(specs)}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--lora: each file once; got {', '.join(names)}")
+    for spec in specs:
+        path = Path(spec.path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--lora: {spec.path} is not a file; pass a LoRA .safetensors file")
+        if path.suffix.lower() != ".safetensors":
+            raise ValueError(f"--lora: {path.name} is not a .safetensors file; fp8pipe reads LoRAs in safetensors only (pickles can run code)")
+
+
+def file_hash(path: str | Path) -> str:
+    """The short SHA-256 other SD tools write in `Lora hashes` (first 10 hex digits of the file's)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def png_loras(specs: list[LoraSpec]) -> list[tuple[str, float, str]]:
+    """(name, strength, hash) of each LoRA, for the PNG parameters."""
+    return [(s.name, s.strength, file_hash(s.path)) for s in specs]
+
+
 def _layer_dtype(layer: nn.Module) -> torch.dtype:
     return layer.compute_dtype if isinstance(layer, FP8Linear) else layer.weight.dtype
 
