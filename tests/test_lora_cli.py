@@ -67,3 +67,20 @@ def test_lora_tags_round_trip_through_the_parameters_text():
 
 def test_a_malformed_lora_tag_stays_part_of_the_prompt():
     assert split_lora_tags("a <lora:x:big> cat") == ("a <lora:x:big> cat", [])
+
+
+def test_a_preset_lists_its_loras():
+    from fp8pipe.presets import PresetLora, parse_preset
+
+    preset = parse_preset('name = "x"\nlora_mode = "merge"\n[[loras]]\nfile = "styles/house.safetensors"\nstrength = 0.8\n', "x.toml")
+    assert preset.loras == (PresetLora("styles/house.safetensors", 0.8),) and preset.lora_mode == "merge"
+
+
+@pytest.mark.parametrize("table, message", [('file = "a.safetensors"\nstrength = 9', "strength = 9 is not allowed; it must be a number from -4.0 to 4.0"),
+                                            ('file = "a.ckpt"', "it must be the path of a .safetensors LoRA file"),
+                                            ("strength = 1", "missing key 'file'")])
+def test_a_bad_preset_lora_names_the_key_and_the_allowed_values(table, message):
+    from fp8pipe.presets import PresetError, parse_preset
+
+    with pytest.raises(PresetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_preset(f'name = "x"\n[[loras]]\n{table}\n', "x.toml")
