@@ -84,3 +84,16 @@ def test_a_bad_preset_lora_names_the_key_and_the_allowed_values(table, message):
 
     with pytest.raises(PresetError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_preset(f'name = "x"\n[[loras]]\n{table}\n', "x.toml")
+
+
+@pytest.mark.parametrize("mode", ["runtime", "merge"])
+def test_an_engine_with_loras_applies_them_to_every_picture_and_says_so(tiny_pipeline_dir, kohya_lora, mode):
+    from fp8pipe.engine import Engine
+    from fp8pipe.lora import LoraSpec
+
+    with Engine(device="cpu", warmup=False, loras=[LoraSpec(str(kohya_lora), 0.7)], lora_mode=mode) as engine:
+        model = str(tiny_pipeline_dir)
+        engine.start([(model, "fp8")])
+        result = engine.generate(engine.request(model, prompt="a red circle", steps=2, width=64, height=64, seed=1), model=model)
+    assert result.stats["lora_mode"] == mode and result.stats["loras"][0]["name"] == "house_style"
+    assert "<lora:house_style:0.7>" in result.parameters.splitlines()[0]
