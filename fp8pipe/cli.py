@@ -37,6 +37,10 @@ def _load(args):
 
     options = LoadOptions(precision=args.precision, t5=args.t5, fp8_path=args.fp8_path, device=args.device, base=args.base)
     loaded = load_model(args.model, options)
+    if loaded.origins:  # a single file: say which components it provided and which came from --base
+        from_file = [k for k, v in loaded.origins.items() if v == "file"]
+        from_base = [k for k, v in loaded.origins.items() if v == "base"]
+        print(f"from {args.model}: transformer{''.join(', ' + k for k in from_file)}; from the base: {', '.join(from_base)}", file=sys.stderr)
     if loaded.random_weights:
         print("note: the demo model has random weights (the trained demo model is missing from this checkout): images are noise patterns.", file=sys.stderr)
     return loaded

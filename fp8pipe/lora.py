@@ -117,14 +117,16 @@ class RuntimeLoras:
         self.entries: dict[tuple[str, str], list[tuple[str, torch.Tensor, torch.Tensor, float]]] = {}
         self.handles: dict[tuple[str, str], object] = {}
         self.strengths: dict[str, float] = {}
+        self.names: set[str] = set()
 
     def add(self, lora: LoraFile) -> None:
+        self.names.add(str(lora.path))
         for (component, module), (a, b, scale) in lora.layers.items():
             layer = pipe_module(self.pipe, Target(component, module))
             dtype, device = _layer_dtype(layer), _layer_device(layer)
             if device.type == "meta":
                 device = torch.device("cpu")
-            entry = (lora.name, a.to(device, dtype), b.to(device, dtype), scale)
+            entry = (str(lora.path), a.to(device, dtype), b.to(device, dtype), scale)
             self.entries.setdefault((component, module), []).append(entry)
             if (component, module) not in self.handles:
                 self.handles[(component, module)] = layer.register_forward_hook(self._hook((component, module)))
@@ -209,7 +211,6 @@ class LoraSet:
             if lora.unmatched:
                 log.warning("lora %s", lora.summary())
             self.files[key] = lora
-            self.runtime.add(lora)
         return self.files[key]
 
     def apply(self, specs: list[LoraSpec], mode: str = "runtime") -> dict:
@@ -222,7 +223,7 @@ class LoraSet:
         if len(set(names)) != len(names):
             raise ValueError(f"loras: each file once; got {', '.join(names)}")
         files = [(self.read(s), check_strength(s.strength, s.name)) for s in specs]  # all read before anything changes
-        wanted = tuple((lora.name, strength) for lora, strength in files)
+        wanted = tuple((str(lora.path), strength) for lora, strength in files)
         if mode == "merge":
             self.runtime.strengths = {}
             if self.merged.merged != wanted:
@@ -231,7 +232,10 @@ class LoraSet:
                 self.merged.merged = wanted
         else:
             self.merged.undo()
-            self.runtime.strengths = dict(wanted)
+            for lora, _ in files:
+                if str(lora.path) not in self.runtime.names:  # on the device only once runtime mode needs it
+                    self.runtime.add(lora)
+            self.runtime.strengths = {str(lora.path): strength for lora, strength in files}
         return self.stats(files, mode)
 
     def stats(self, files, mode) -> dict:
