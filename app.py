@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto: a GPU when there is one)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file on every picture (with the preset's [[loras]]); repeatable")
+    p.add_argument("--lora-mode", default=None, choices=("runtime", "merge"), help="how LoRAs are applied (default: the preset's, else runtime)")
     p.add_argument(
         "--trusted-proxy-header",
         default=None,
@@ -552,6 +554,15 @@ def _add_api(app: App) -> None:
 # ---- start-up ---------------------------------------------------------------------------
 
 
+def _loras(args, preset) -> list:
+    """The preset's [[loras]] and the --lora flags, files checked before any model is read."""
+    from fp8pipe.lora import LoraSpec, check_lora_files, parse_lora_arg
+
+    loras = [LoraSpec(x.file, x.strength) for x in preset.loras] + [parse_lora_arg(text) for text in args.lora]
+    check_lora_files(loras)
+    return loras
+
+
 def create_app(args) -> tuple[object, App]:
     """The Blocks and its App, with the engine started and warm."""
     from gradio.utils import get_upload_folder
@@ -577,7 +588,9 @@ def create_app(args) -> tuple[object, App]:
     from fp8pipe import zerogpu
 
     spaces = zerogpu.spaces_module()  # None unless ZeroGPU is active: then no warm-up (it would not carry into the calls), no compile
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False)
+    loras = _loras(args, preset)
+    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False,
+                    loras=loras, lora_mode=args.lora_mode or preset.lora_mode)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import comfy_layout
 from .errors import ModelLoadError
 from .fp8 import FP8_DTYPE, FP8Linear, FP8Policy
 
@@ -180,25 +181,35 @@ def _strip_prefix(key: str) -> str:
 def read_single_file_transformer(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
     """(layout, diffusers-keyed tensors) of the transformer in one .safetensors file.
 
-    FP8 weights come with their per-row scales as `<layer>.scale`; the file's other
-    components (VAE, text encoders), if any, are left out.
+    FP8 weights come with their per-row scales as `<layer>.scale` (ComfyUI's per-tensor
+    scales broadcast, see comfy_layout); the file's other components, if any, are left out.
     """
     with open_safetensors(path) as fh:
         keys = list(fh.keys())
+        metadata = fh.metadata() or {}
         stripped = {_strip_prefix(k): k for k in keys}
-        if any(k.startswith("transformer_blocks.") for k in stripped):
-            tensors = {k: fh.get_tensor(orig) for k, orig in stripped.items() if not orig.startswith(OTHER_COMPONENT_PREFIXES)}
-            return "diffusers", tensors
-        if not any(k.startswith("joint_blocks.") for k in stripped):
+        diffusers_keys = any(k.startswith("transformer_blocks.") for k in stripped)
+        if not diffusers_keys and not any(k.startswith("joint_blocks.") for k in stripped):
             raise ModelLoadError(
                 f"{path.name} holds no SD3 transformer (no 'joint_blocks.' or 'transformer_blocks.' keys)",
                 tried=[str(path)],
                 fix="Pass an SD3 / SD3.5 checkpoint, a diffusers folder, or a hub id.",
             )
-        sai = {k: fh.get_tensor(orig) for k, orig in stripped.items() if not orig.startswith(OTHER_COMPONENT_PREFIXES)}
-    if COMFY_MARKER in sai:
-        return "comfyui-fp8-scaled", _convert_comfy_scaled_fp8(sai)
-    return "sai", _convert_sai(sai)
+        state = {k: fh.get_tensor(orig) for k, orig in stripped.items() if not orig.startswith(OTHER_COMPONENT_PREFIXES)}
+    comfy = comfy_layout.is_comfy(state, metadata)
+    try:
+        layout = ("comfyui-fp8-scaled" if COMFY_MARKER in state else "comfyui-quant") if comfy else ("diffusers" if diffusers_keys else "sai")
+        if not comfy:
+            return layout, state if diffusers_keys else _convert_sai(state)
+        tensors, scales = comfy_layout.normalize(state, metadata, SAI_PREFIX)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{path.name}: {e.message}", tried=[str(path)], fix=e.fix) from None
+    if diffusers_keys:
+        out = dict(tensors)
+        for key, scale in scales.items():
+            out[key[: -len(".weight")] + ".scale"] = scale.expand(tensors[key].shape[0]).clone()
+        return layout, out
+    return layout, _convert_comfy_scaled_fp8(tensors, scales)
 
 
 def _convert_sai(sai: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,25 +218,18 @@ def _convert_sai(sai: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return convert_sd3_transformer_checkpoint_to_diffusers(dict(sai))
 
 
-def _convert_comfy_scaled_fp8(sai: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ComfyUI's per-layer (per-tensor) scales become per-row scales, FP8 bytes untouched.
+def _convert_comfy_scaled_fp8(sai: dict[str, torch.Tensor], scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-tensor scales of E4M3 weights become per-row scales, FP8 bytes untouched.
 
     diffusers' key converter only splits and joins tensors along dim 0, so it is run twice:
     once over the FP8 bytes (viewed as uint8), once with each FP8 weight replaced by its
     scale broadcast to one value per row. Where the two disagree in shape, a weight was FP8.
     """
-    sai = dict(sai)
-    sai.pop(COMFY_MARKER)
-    scales = {k[: -len(".scale_weight")]: sai.pop(k) for k in list(sai) if k.endswith(".scale_weight")}
-    for k in [k for k in sai if k.endswith(".scale_input")]:
-        sai.pop(k)  # static input scales: fp8pipe scales activations dynamically
     as_bytes, as_scales = {}, {}
     for key, t in sai.items():
-        if t.dtype == FP8_DTYPE:
-            layer = key[: -len(".weight")]
-            scale = scales.get(layer, torch.ones(())).float().reshape(())
+        if key in scales:
             as_bytes[key] = t.view(torch.uint8)
-            as_scales[key] = scale.expand(t.shape[0]).reshape(-1, 1).clone()
+            as_scales[key] = scales[key].expand(t.shape[0]).reshape(-1, 1).clone()
         else:
             as_bytes[key] = as_scales[key] = t
     converted = _convert_sai(as_bytes)
@@ -240,8 +244,8 @@ def _convert_comfy_scaled_fp8(sai: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def infer_transformer_config(tensors: dict[str, torch.Tensor], candidates: list[dict]) -> dict | None:
-    """The candidate transformer config whose shape matches these diffusers-keyed tensors."""
+def file_architecture(tensors: dict[str, torch.Tensor]) -> dict | None:
+    """The transformer config fields these diffusers-keyed tensors fix (None: not an SD3 transformer)."""
     blocks = {int(k.split(".")[1]) for k in tensors if k.startswith("transformer_blocks.")}
     if "context_embedder.weight" not in tensors or "transformer_blocks.0.attn.norm_q.weight" not in tensors:
         return None
@@ -251,7 +255,30 @@ def infer_transformer_config(tensors: dict[str, torch.Tensor], candidates: list[
         "joint_attention_dim": tensors["context_embedder.weight"].shape[1],
         "attention_head_dim": tensors["transformer_blocks.0.attn.norm_q.weight"].shape[0],
     }
+    if "pos_embed.pos_embed" in tensors:
+        shape["pos_embed_max_size"] = round(tensors["pos_embed.pos_embed"].shape[1] ** 0.5)
+    dual = sorted({int(k.split(".")[1]) for k in tensors if k.startswith("transformer_blocks.") and ".attn2." in k})
+    shape["dual_attention_layers"] = tuple(dual)
+    return shape
+
+
+def _matches(config: dict, shape: dict) -> bool:
+    return all((tuple(config.get(k) or ()) if k == "dual_attention_layers" else config.get(k)) == v for k, v in shape.items())
+
+
+def architecture_mismatch(tensors: dict[str, torch.Tensor], config: dict) -> str | None:
+    """'field: file X, config Y' for each field where the file's transformer and `config` differ."""
+    shape = file_architecture(tensors) or {}
+    diffs = [f"{k}: file {v}, base {config.get(k)}" for k, v in shape.items() if not _matches(config, {k: v})]
+    return "; ".join(diffs) or None
+
+
+def infer_transformer_config(tensors: dict[str, torch.Tensor], candidates: list[dict]) -> dict | None:
+    """The candidate transformer config whose shape matches these diffusers-keyed tensors."""
+    shape = file_architecture(tensors)
+    if shape is None:
+        return None
     for config in candidates:
-        if all(config[k] == v for k, v in shape.items()):
+        if _matches(config, shape):
             return config
     return None

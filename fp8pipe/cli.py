@@ -57,7 +57,7 @@ def resolve_device_flag(device: str) -> None:
     resolve_device(device)
 
 
-def generation_engine(args):
+def generation_engine(args, loras=()):
     """The engine `generate` runs on: the same planner, pool and stats as the app (no warm-up,
     no worker thread: the job runs inline). `--vram` is the budget the plan is made for."""
     from dataclasses import replace
@@ -66,9 +66,14 @@ def generation_engine(args):
     from .loader import load_model
 
     def loader(model, options):
-        return load_model(model, replace(options, base=args.base))
+        loaded = load_model(model, replace(options, base=args.base))
+        if loaded.origins:  # a single file: say which components it provided and which came from --base
+            from_file = [k for k, v in loaded.origins.items() if v == "file"]
+            from_base = [k for k, v in loaded.origins.items() if v == "base"]
+            print(f"from {args.model}: transformer{''.join(', ' + k for k in from_file)}; from the base: {', '.join(from_base)}", file=sys.stderr)
+        return loaded
 
-    return Engine(device=args.device, vram_budget=args.vram, warmup=False, fp8_path=args.fp8_path, loader=loader, t5=args.t5)
+    return Engine(device=args.device, vram_budget=args.vram, warmup=False, fp8_path=args.fp8_path, loader=loader, t5=args.t5, loras=loras, lora_mode=args.lora_mode)
 
 
 def _serve(engine, request, args):
@@ -100,13 +105,17 @@ def cmd_generate(args) -> int:
         height=args.height,
         shift=args.shift,
     )
+    from .lora import check_lora_files, parse_lora_arg
+
     check_out_file(args.out)
+    loras = [parse_lora_arg(text) for text in args.lora]
+    check_lora_files(loras)  # a missing file or bad strength fails before the model is read
     resolve_device_flag(args.device)
     if args.vram is not None:
         from .memory import parse_size
 
         parse_size(args.vram)  # a bad budget fails before any weights are read
-    engine = generation_engine(args)
+    engine = generation_engine(args, loras)
     try:
         if find_spec(args.model) is not None:
             request = engine.request(args.model, **fields)  # a bad setting fails before gigabytes of weights are read
@@ -127,6 +136,8 @@ def cmd_generate(args) -> int:
 
         raise ValueError(f"--out: could not write {args.out}: {describe_os_error(e)}; nothing was written") from None
     stats = public_stats(result)
+    for entry in stats.get("loras") or []:
+        print(f"lora {entry['name']} ({entry['layout']}, strength {entry['strength']:g}, {stats['lora_mode']}): {entry['matched']} modules matched, {entry['layers']} layers", file=sys.stderr)
     if args.json:
         print(json.dumps(stats))
     else:
@@ -190,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shift", type=float, default=None, help=f"timestep shift of the flow-matching schedule ({per_model('shift')})")
     g.add_argument("--json", action="store_true", help="print the stats as one JSON object (the app's and the API's schema, with the plan it ran)")
     g.add_argument("--vram", default=None, help="VRAM budget the plan is made for, e.g. 8GiB (default: the GPU's free memory); on a CPU the plan is reported, everything stays in host RAM")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file (diffusers/PEFT, kohya or ComfyUI keys) and its strength, -4 to 4 (default 1); repeatable")
+    g.add_argument("--lora-mode", default="runtime", choices=("runtime", "merge"), help="runtime: the LoRA computed in 16-bit beside the FP8 matmul (default); merge: folded into the weights and re-quantized")
     _add_load_options(g)
     g.set_defaults(func=cmd_generate)
 

@@ -134,6 +134,8 @@ class Engine:
         loader: Callable[..., LoadedModel] = load_model,
         t5: str = "auto",
         max_queue: int = 64,
+        loras: tuple = (),
+        lora_mode: str = "runtime",
     ):
         self.device = resolve_device(device)
         if vram_budget is not None:
@@ -144,6 +146,7 @@ class Engine:
         self.warmup, self.compile, self.fp8_path = warmup, compile, fp8_path
         self.t5_policy = t5  # "auto": the planner steps T5 down; or hold it to one mode ("drop" for speed)
         self.loader = loader
+        self.loras, self.lora_mode = tuple(loras), lora_mode  # LoRAs (lora.LoraSpec) on every pipeline loaded
         self.attention = memory.choose_attention(str(self.device))
         # Test hook: called with the stage name ("load", "encode", "denoise", "decode") as each
         # stage starts; raising torch.OutOfMemoryError there exercises the fallback.
@@ -361,7 +364,14 @@ class Engine:
                 "random_weights": loaded.random_weights,
             }
         )
-        return Result(image=images[0], request=job.request, parameters=parameters_text(loaded, job.request), stats=stats, images=images)
+        parameters = parameters_text(loaded, job.request)
+        if entry.applied.get("loras"):
+            from .lora import png_loras
+            from .metadata import add_loras
+
+            stats.update(entry.applied["loras"])
+            parameters = add_loras(parameters, png_loras(list(self.loras)))
+        return Result(image=images[0], request=job.request, parameters=parameters, stats=stats, images=images)
 
     def _generate(self, entry: Entry, job: Job, stage: dict) -> tuple[list, dict]:
         def enter(name: str) -> None:
@@ -478,6 +488,10 @@ class Engine:
         self.load_count += 1
         try:
             applied = memory.apply_plan(loaded, plan)
+            if self.loras:
+                from .lora import LoraSet
+
+                applied["loras"] = LoraSet(loaded.pipe).apply(list(self.loras), self.lora_mode)
         except BaseException:
             del loaded
             free_memory(self.device)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import allinone
 from . import checkpoint as ckpt
 from .errors import ModelLoadError
 from .fp8 import (
@@ -82,6 +83,7 @@ class LoadedModel:
     fp8: FP8Report | None
     load_seconds: float
     dtypes: dict = field(default_factory=dict)
+    origins: dict = field(default_factory=dict)  # single file: component -> "file" or "base"
 
     @property
     def random_weights(self) -> bool:
@@ -107,6 +109,7 @@ class LoadedModel:
             "random_weights": self.random_weights,
             "fp8": self.fp8.as_dict() if self.fp8 else None,
             "load_s": round(self.load_seconds, 3),
+            **({"components_from": self.origins} if self.origins else {}),
         }
 
 
@@ -487,6 +490,7 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
     path = choose_path(device, options.fp8_path) if options.precision == "fp8" else None
     policy = TRANSFORMER_POLICY
     kind = source.kind
+    origins: dict[str, str] = {}  # single files: which components came from the file, which from --base
 
     if source.kind == "demo":
         spec = SPECS["demo"]
@@ -503,7 +507,15 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         candidates = [s.transformer_config for s in SPECS.values()]
         base_folder = Path(options.base).expanduser() if options.base and Path(options.base).expanduser().is_dir() else None
         if base_folder is not None and (base_folder / "transformer" / "config.json").is_file():
-            candidates.insert(0, _transformer_config(base_folder))  # the base's own architecture first
+            base_config = _transformer_config(base_folder)
+            mismatch = ckpt.architecture_mismatch(state, base_config)
+            if mismatch:
+                raise ModelLoadError(
+                    f"{Path(source.location).name} is a transformer of another architecture than --base {base_folder.name} ({mismatch})",
+                    tried=[source.location, str(base_folder)],
+                    fix="pass as --base the model family this file was made from",
+                )
+            candidates.insert(0, base_config)  # the base's own architecture first
         config = ckpt.infer_transformer_config(state, candidates)
         if config is None:
             raise ModelLoadError(
@@ -516,6 +528,8 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         kind = f"single_file:{layout}"
         components = _demo_components(spec, options.t5 != "drop") if base == "demo" else _load_base(base, options.t5)
         components.pop("transformer", None)
+        origins = allinone.load_parts(Path(source.location), components)
+        origins.update(tokenizers="base", scheduler="base")
         tensors = state.items()
     else:  # folder, fp8 checkpoint, hub
         folder = Path(source.location) if source.kind != "hub" else _hub_snapshot(source.location, ["model_index.json", "transformer/*.json", "transformer/*.safetensors"])
@@ -549,6 +563,7 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         fp8=report,
         load_seconds=time.perf_counter() - start,
         dtypes=dtypes,
+        origins=origins,
     )
 
 

@@ -36,6 +36,49 @@ def format_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:
     return "\n".join(lines)
 
 
+LORA_TAG = "<lora:"
+LORA_HASHES = "Lora hashes"
+
+
+def _lora_name(name: str) -> str:
+    """A LoRA name safe inside a tag and the hashes list (no : < > , " or line breaks)."""
+    return "".join(c if c not in ':<>,"' else "_" for c in _one_line(name)).strip() or "lora"
+
+
+def add_loras(parameters: str, loras: list[tuple[str, float, str]]) -> str:
+    """The chunk with LoRAs written as other SD tools write them: `<lora:NAME:STRENGTH>` at the end of
+    the prompt line and `Lora hashes: "NAME: HASH, ..."` among the settings."""
+    if not loras:
+        return parameters
+    lines = parameters.split("\n")
+    lines[0] = (lines[0] + " " + " ".join(f"<lora:{_lora_name(n)}:{s:g}>" for n, s, _ in loras)).strip()
+    hashes = ", ".join(f"{_lora_name(n)}: {h}" for n, _, h in loras)
+    lines[-1] = f'{lines[-1]}, {LORA_HASHES}: "{hashes}"'
+    return "\n".join(lines)
+
+
+def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """(prompt without `<lora:NAME:STRENGTH>` tags, [(NAME, STRENGTH)]); a malformed tag stays
+    text. One left-to-right pass (linear in the prompt's length)."""
+    out, loras, pos = [], [], 0
+    while True:
+        start = prompt.find(LORA_TAG, pos)
+        end = prompt.find(">", start + 1) if start >= 0 else -1
+        if start < 0 or end < 0:
+            out.append(prompt[pos:])
+            break
+        name, _, strength = prompt[start + len(LORA_TAG) : end].rpartition(":")
+        negative = strength.startswith("-")
+        value = number(strength[1:] if negative else strength)
+        if name and value is not None:
+            out.append(prompt[pos:start])
+            loras.append((name, -value if negative else value))
+        else:
+            out.append(prompt[pos : end + 1])
+        pos = end + 1
+    return (" ".join("".join(out).split()) if loras else prompt), loras
+
+
 def png_info(parameters: str) -> PngInfo:
     info = PngInfo()
     info.add_text(CHUNK, parameters)
@@ -100,9 +143,13 @@ def number(text) -> float | None:
 
 def form_fields(text: str) -> dict:
     """The settings a form can take from a chunk, each present only when it reads cleanly:
-    prompt, negative_prompt, steps, guidance, seed, width, height."""
+    prompt, negative_prompt, steps, guidance, seed, width, height, and loras [(name, strength)]
+    read from `<lora:...>` tags (taken out of the prompt)."""
     p = parse_parameters(text)
-    fields = {"prompt": p["prompt"], "negative_prompt": p["negative_prompt"]}
+    prompt, loras = split_lora_tags(p["prompt"])
+    fields = {"prompt": prompt, "negative_prompt": p["negative_prompt"]}
+    if loras:
+        fields["loras"] = loras
     width, _, height = p.get("Size", "").partition("x")
     for name, value in (("steps", whole_number(p.get("Steps", ""))), ("guidance", number(p.get("CFG scale", ""))), ("seed", whole_number(p.get("Seed", ""))), ("width", whole_number(width)), ("height", whole_number(height))):
         if value is not None:

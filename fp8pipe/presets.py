@@ -37,6 +37,14 @@ class Style:
 
 
 @dataclass(frozen=True)
+class PresetLora:
+    """A LoRA every request of the preset uses (a kiosk's house style): a .safetensors file and its strength."""
+
+    file: str
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str = ""
@@ -55,6 +63,8 @@ class Preset:
     max_size: int | None = None
     max_prompt_chars: int = MAX_PROMPT_CHARS
     styles: tuple[Style, ...] = ()
+    loras: tuple[PresetLora, ...] = ()
+    lora_mode: str = "runtime"
     examples: tuple[str, ...] = ()
     filter_words: tuple[str, ...] = ()
     idle_seconds: int = 90
@@ -144,6 +154,7 @@ _TOP = {
     "queue_size": _int_range(1, 1000),
     "previews": ((lambda v: isinstance(v, bool)), "true or false"),
     "examples": ((lambda v: isinstance(v, list) and all(isinstance(x, str) and 0 < len(x) <= 500 for x in v)), "a list of prompts"),
+    "lora_mode": _one_of(("runtime", "merge")),
     "filter_words": ((lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)), "a list of words"),
 }
 _DEFAULTS = {
@@ -168,6 +179,11 @@ _IMAGE_FILTER = {
     "device": _one_of(("auto", "cpu", "cuda")),
 }
 _STYLE = {"name": _text(64), "suffix": _text(300)}
+_LORA = {
+    "file": ((lambda v: isinstance(v, str) and v.endswith(".safetensors") and len(v) <= 500), "the path of a .safetensors LoRA file"),
+    "strength": _float_range(-4.0, 4.0),
+}
+MAX_LORAS = 8
 MAX_FILE_BYTES = 256 * 1024
 MAX_DEPTH = 8
 
@@ -198,7 +214,7 @@ def parse_preset(text: str, source: str) -> Preset:
     if _depth(data) > MAX_DEPTH:
         raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)")
     sections = {"defaults": _DEFAULTS, "limits": _LIMITS, "rate_limit": _RATE, "image_filter": _IMAGE_FILTER}
-    top = {k: v for k, v in data.items() if k not in sections and k != "styles"}
+    top = {k: v for k, v in data.items() if k not in sections and k not in ("styles", "loras")}
     _check_table(source, "", top, _TOP)
     fields = dict(top)
     fields.update(_check_table(source, "defaults", data.get("defaults", {}), _DEFAULTS))
@@ -223,6 +239,14 @@ def parse_preset(text: str, source: str) -> Preset:
         if not style["name"].strip():
             raise PresetError(f"{source}: [styles {number}]: name must not be empty")
     fields["styles"] = tuple(Style(s["name"], s["suffix"]) for s in styles)
+    loras = data.get("loras", [])
+    if not isinstance(loras, list) or len(loras) > MAX_LORAS:
+        raise PresetError(f"{source}: loras must be a list of at most {MAX_LORAS} tables with the keys file and strength")
+    for number, lora in enumerate(loras, 1):
+        _check_table(source, f"loras {number}", lora, _LORA)
+        if "file" not in lora:
+            raise PresetError(f"{source}: [loras {number}]: missing key 'file'")
+    fields["loras"] = tuple(PresetLora(x["file"], float(x.get("strength", 1.0))) for x in loras)
     fields["examples"] = tuple(fields.get("examples", ()))
     fields["filter_words"] = tuple(w.strip() for w in fields.get("filter_words", ()))
     if "name" not in fields:

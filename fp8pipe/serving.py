@@ -25,6 +25,7 @@ Stats schema (`STATS_KEYS`, every key always present; None where it does not app
   parameters       the PNG's parameters text
   warning          for the demo model: prompt words it does not know; else None
   image_filter_s, image_filter_device   the image filter's time and device (None without a filter)
+  lora_mode, loras the LoRA mode that ran (runtime, merge) and each LoRA's name, strength, layout, matches
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ STATS_KEYS = (
     "warning",
     "image_filter_s",
     "image_filter_device",
+    "lora_mode",
+    "loras",
 )
 
 

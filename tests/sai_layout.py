@@ -57,16 +57,64 @@ def to_sai_layout(sd: dict[str, torch.Tensor], num_layers: int, dual_attention_l
     return out
 
 
-def to_comfy_scaled_fp8(sai: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ComfyUI's layout: every joint-block Linear weight in E4M3 with one float32 `scale_weight`
-    per layer (amax/448), a `scaled_fp8` marker, all under `model.diffusion_model.`."""
+def to_comfy_scaled_fp8(sai: dict[str, torch.Tensor], dtype: torch.dtype = FP8, fp8_biases: bool = False) -> dict[str, torch.Tensor]:
+    """ComfyUI's legacy layout: every joint-block Linear weight in `dtype` (E4M3 or E5M2) with one
+    float32 `scale_weight` per layer (amax / finfo.max), a `scaled_fp8` marker of that dtype, all
+    under `model.diffusion_model.`; `fp8_biases` also casts the joint-block biases to `dtype`
+    unscaled, as ComfyUI's own re-save of such a file does."""
     out = {}
     for key, t in sai.items():
         if key.startswith("joint_blocks.") and key.endswith(".weight") and t.ndim == 2:
-            scale = (t.float().abs().max() / 448.0).reshape(())
-            out[key] = (t.float() / scale).clamp(-448, 448).to(FP8)
-            out[key[: -len("weight")] + "scale_weight"] = scale
+            out[key], out[key[: -len("weight")] + "scale_weight"] = comfy_quantize(t, dtype)
+        elif fp8_biases and key.startswith("joint_blocks.") and key.endswith(".bias"):
+            out[key] = t.to(dtype)
         else:
             out[key] = t.to(torch.bfloat16)
-    out["scaled_fp8"] = torch.empty(0, dtype=FP8)
+    out["scaled_fp8"] = torch.empty(0, dtype=dtype)
     return {"model.diffusion_model." + k: v.contiguous() for k, v in out.items()}
+
+
+def comfy_quantize(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FP8 data, float32 scalar scale) as ComfyUI's TensorCoreFP8Layout.quantize makes them:
+    scale = amax / finfo(dtype).max, data = clamp(t / scale) cast to `dtype`."""
+    fmax = torch.finfo(dtype).max
+    scale = (t.float().abs().amax() / fmax).to(torch.float32)
+    return (t.float() * (1.0 / scale)).clamp(-fmax, fmax).to(dtype), scale
+
+
+def comfy_dequantize(sai_comfy: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The reference: what ComfyUI computes from a file (data * scale per tensor, FP8 tensors
+    without a scale cast as they are), float32, in plain Stability AI keys."""
+    prefix = "model.diffusion_model."
+    sd = {k[len(prefix) :]: v for k, v in sai_comfy.items()}
+    out = {}
+    for key, t in sd.items():
+        if key == "scaled_fp8" or key.endswith((".scale_weight", ".weight_scale", ".comfy_quant", ".scale_input", ".input_scale")):
+            continue
+        layer = key.rsplit(".", 1)[0]
+        scale = sd.get(layer + ".weight_scale", sd.get(layer + ".scale_weight")) if key.endswith(".weight") else None
+        out[key] = t.float() * scale.float() if scale is not None else t.float()
+    return out
+
+
+def to_comfy_quant(sai: dict[str, torch.Tensor], fmt: str = "float8_e4m3fn", where: str = "tensors") -> tuple[dict, dict]:
+    """(state, header metadata) in the layout current ComfyUI writes (comfy/ops.py state_dict,
+    comfy/utils.py convert_old_quants): each quantized layer's `weight` in the format's dtype,
+    a float32 scalar `weight_scale`, and its config `{"format": ...}` as `<layer>.comfy_quant`
+    JSON bytes (where="tensors"), in the `_quantization_metadata` header (where="header"), or both."""
+    import json
+
+    dtype = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}[fmt]
+    prefix = "model.diffusion_model."
+    out, layers = {}, {}
+    for key, t in sai.items():
+        if key.startswith("joint_blocks.") and key.endswith(".weight") and t.ndim == 2:
+            layer = key[: -len(".weight")]
+            out[key], out[layer + ".weight_scale"] = comfy_quantize(t, dtype)
+            layers[prefix + layer] = {"format": fmt}
+            if where in ("tensors", "both"):
+                out[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode("utf-8")), dtype=torch.uint8)
+        else:
+            out[key] = t.to(torch.bfloat16)
+    metadata = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})} if where in ("header", "both") else {}
+    return {prefix + k: v.contiguous() for k, v in out.items()}, metadata
