@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import memory
+from .fp8 import path_counts as fp8_path_counts
 from .generation import Cancelled, Result, free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
 from .loader import LoadedModel, load_model, resolve_device
 from .memory import Plan, Workload
@@ -159,7 +160,8 @@ class Job:
 
 
 def _plan_summary(plan: Plan) -> dict:
-    keys = ("placement", "t5", "vae_tiling", "attention", "predicted_peak_vram_bytes", "predicted_peak_host_bytes", "fits", "level")
+    keys = ("placement", "resident_blocks", "t5", "vae_tiling", "attention", "predicted_peak_vram_bytes", "predicted_peak_host_bytes", "fits", "level")
+    keys += ("card", "predicted_latency_s", "floor_latency_s", "streamed_bytes_per_step")
     d = plan.as_dict()
     return {k: d[k] for k in keys}
 
@@ -371,6 +373,7 @@ class Engine:
                 "model": loaded.display_name,
                 "precision": loaded.options.precision,
                 "fp8_path": loaded.fp8_path,
+                "fp8_layer_paths": fp8_path_counts(loaded.pipe.transformer) if loaded.options.precision == "fp8" else None,
                 "device": str(self.device),
                 "peak_memory_bytes": peak,
                 "peak_memory_kind": peak_kind,
@@ -470,7 +473,8 @@ class Engine:
     def _entry(self, model: str, precision: str, request: GenerationRequest, t5: str | None = None) -> Entry:
         spec = self.spec_for(model)
         plan = self._plan_for(model, precision, spec, request, t5)
-        key = PoolKey(model, precision, plan.placement, plan.t5)
+        placement = f"partial:{plan.resident_blocks}" if plan.placement == "partial" else plan.placement  # hooks differ by k
+        key = PoolKey(model, precision, placement, plan.t5)
         entry = self._pool.get(key)
         if entry is not None and entry.plan.vae_tiling == plan.vae_tiling:
             self._pool.move_to_end(key)

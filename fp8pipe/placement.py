@@ -82,11 +82,83 @@ def apply_plan(loaded, plan: Plan) -> dict:
                 use_stream=True,
                 non_blocking=True,
             )
+        elif plan.placement == "partial":
+            for name in ("text_encoder", "text_encoder_2", "vae", "text_encoder_3"):
+                module = getattr(pipe, name, None)
+                if isinstance(module, torch.nn.Module):
+                    module.to(device)
+            applied["streamed_blocks"] = stream_blocks(pipe.transformer, plan.resident_blocks, device, torch.device("cpu"), use_stream=True)
         elif plan.placement == "sequential":
             pipe.enable_sequential_cpu_offload(device=device)
     applied.update(apply_plan_tiling(loaded, plan))
     applied["attention"] = apply_attention(pipe, plan.attention)
     return applied
+
+
+def stream_blocks(transformer, resident_blocks: int, onload_device, offload_device, use_stream: bool) -> list[int]:
+    """Partial residency: the first `resident_blocks` transformer blocks and everything outside the
+    blocks go to `onload_device`; the rest get diffusers' block-level group-offload hooks (one
+    block per group) and stay on `offload_device` between their calls. Returns the streamed
+    block indices.
+
+    diffusers offers block-level hooks for a whole ModuleList only, so the streamed blocks are
+    gathered into a ModuleList of their own (the same module objects; the transformer still calls
+    them) and the hooks applied to that. With streams, diffusers learns the prefetch order from
+    a first forward of the module it hooked, which the transformer never calls here; the order is
+    known (block i, then i + 1), so the chain is set directly and the tracing hooks are removed.
+    """
+    import itertools
+
+    import torch
+    from diffusers.hooks import HookRegistry, apply_group_offloading
+
+    blocks = transformer.transformer_blocks
+    streamed = list(range(resident_blocks, len(blocks)))
+    for name, child in transformer.named_children():
+        if name != "transformer_blocks":
+            child.to(onload_device)
+    for p in transformer.parameters(recurse=False):
+        p.data = p.data.to(onload_device)
+    for i in range(resident_blocks):
+        blocks[i].to(onload_device)
+    if not streamed:
+        return streamed
+    holder = torch.nn.Module()
+    holder.blocks = torch.nn.ModuleList([blocks[i] for i in streamed])
+    stream = use_stream and torch.device(onload_device).type == "cuda"
+    apply_group_offloading(
+        holder,
+        onload_device=torch.device(onload_device),
+        offload_device=torch.device(offload_device),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=stream,
+        non_blocking=stream,
+    )
+    if stream:
+        hooks = []
+        for block in holder.blocks:
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            registry.remove_hook("layer_execution_tracker", recurse=False)
+            hooks.append(registry.get_hook("group_offloading"))
+        for hook, following in itertools.pairwise(hooks):
+            hook.next_group = following.group
+            following.group.onload_self = False
+        for hook in hooks:
+            hook.group.non_blocking = True
+    return streamed
+
+
+def streamed_block_indices(transformer) -> list[int]:
+    """The transformer blocks that carry a group-offload hook (what `stream_blocks` set up)."""
+    from diffusers.hooks import HookRegistry
+
+    out = []
+    for i, block in enumerate(transformer.transformer_blocks):
+        registry = getattr(block, "_diffusers_hook", None)
+        if registry is not None and isinstance(registry, HookRegistry) and registry.get_hook("group_offloading") is not None:
+            out.append(i)
+    return out
 
 
 def apply_plan_tiling(loaded, plan: Plan) -> dict:

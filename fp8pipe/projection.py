@@ -77,7 +77,7 @@ def project(
     steps = steps or spec.steps
     guidance = spec.guidance if guidance is None else guidance
     config = spec.transformer_config
-    txt = text_tokens(spec.max_sequence_length, with_t5=t5 != "drop")
+    txt = text_tokens(spec.max_sequence_length, clip_tokens=spec.clip_tokens)
     pass_flops = transformer_pass_work(config, resolution, resolution, txt, spec.vae_scale_factor).flops
     passes = passes_per_step(guidance)
     weights = weight_bytes if weight_bytes is not None else transformer_weight_bytes(config, precision)
