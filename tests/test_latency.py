@@ -184,3 +184,46 @@ def test_latency_validation_doc_is_what_the_check_generates():
 
     path = Path(__file__).resolve().parents[1] / "docs" / "latency_validation.md"
     assert path.read_text() == latency_check.validation_markdown(latency_check.validation_rows())
+
+
+def test_the_kiosk_preset_serves_the_size_the_latency_model_chooses():
+    from fp8pipe.kiosk_choice import KIOSK_CARD, PROMISE_S, kiosk_size
+    from fp8pipe.presets import load_preset
+
+    choice = kiosk_size()
+    preset = load_preset("kiosk-8gb")
+    assert (preset.width, preset.height) == (choice["size"], choice["size"])
+    rows = {r["size"]: r for r in choice["rows"]}
+    if choice["keeps_promise"]:
+        assert rows[choice["size"]]["predicted_latency_s"] <= PROMISE_S
+        assert all(r["predicted_latency_s"] > PROMISE_S for px, r in rows.items() if px > choice["size"])
+    else:  # nothing keeps it on that card: the fastest size, and the README says so
+        assert rows[choice["size"]]["predicted_latency_s"] == min(r["predicted_latency_s"] for r in rows.values() if r["fits"])
+    assert KIOSK_CARD == "RTX 4060" and preset.t5 == "drop"
+
+
+def test_plan_command_prints_the_contract_for_a_preset_and_for_explicit_settings(capsys):
+    import json
+
+    from fp8pipe.cli import main
+
+    keys = ("predicted_latency_s", "floor_latency_s", "placement", "resident_blocks", "predicted_peak_vram_bytes", "t5", "width", "height", "steps", "candidates")
+    assert main(["plan", "--preset", "kiosk-8gb", "--card", "RTX 4060", "--ram", "32GiB", "--json"]) == 0
+    by_preset = json.loads(capsys.readouterr().out)
+    assert all(k in by_preset for k in keys) and by_preset["kind"] == "prediction"
+    assert (by_preset["width"], by_preset["steps"], by_preset["t5"]) == (512, 4, "drop")
+    assert by_preset["predicted_peak_vram_bytes"] <= 8 * GiB * (1 - SAFETY_FRACTION)
+    args = ["plan", "--card", "RTX 4090", "--model", "medium", "--precision", "fp8", "--steps", "28", "--guidance", "4.5"]
+    assert main([*args, "--width", "768", "--height", "768", "--t5", "fp8", "--ram", "32GiB", "--json"]) == 0
+    explicit = json.loads(capsys.readouterr().out)
+    assert (explicit["width"], explicit["height"], explicit["steps"], explicit["t5"]) == (768, 768, 28, "fp8")
+    assert explicit["floor_latency_s"] <= explicit["predicted_latency_s"]
+    for c in explicit["candidates"]:
+        assert {"predicted_latency_s", "streamed_bytes_per_step", "predicted_peak_vram_bytes", "predicted_peak_host_bytes"} <= set(c)
+
+
+def test_plan_command_names_an_unknown_card(capsys):
+    from fp8pipe.cli import main
+
+    assert main(["plan", "--card", "RTX 9999", "--model", "medium"]) == 2
+    assert "card" in capsys.readouterr().err
