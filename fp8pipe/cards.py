@@ -76,3 +76,12 @@ def find_card(name: str) -> Card:
         if card.name.replace(" ", "").lower() == key:
             return card
     raise ValueError(f"card must be one of {', '.join(CARDS)}; got {name!r}")
+
+
+def card_for_device_name(device_name: str) -> Card | None:
+    """The named card a CUDA device is (by its name, e.g. 'NVIDIA H100 80GB HBM3'), or None."""
+    name = device_name.replace(" ", "").lower()
+    for key, card in (("h100", "H100 SXM"), ("a100", "A100 80GB"), ("l4", "L4"), ("4090", "RTX 4090"), ("4070ti", "RTX 4070 Ti"), ("4060", "RTX 4060"), ("3060", "RTX 3060")):
+        if key in name:
+            return CARDS[card]
+    return None

@@ -448,6 +448,12 @@ class Engine:
         entry = self._entry(job.model, job.precision, job.request, job.t5)
         return entry, self.load_count > loads
 
+    def _card(self):
+        """The named card this GPU is, for the latency the planner ranks by (None: the default)."""
+        from .cards import card_for_device_name
+
+        return card_for_device_name(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+
     def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None = None) -> Plan:
         work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)
         t5 = t5 or self.t5_policy
@@ -461,10 +467,10 @@ class Engine:
             self._plans[(model, precision, t5)] = plan
             return plan
         budget = self.vram_budget
-        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, t5)
+        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card())
         if sticky is not None and sticky.level > plan.level:
             # Stepped down after an out-of-memory: stay at least that low, at this request's size.
-            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, t5)
+            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card())
             plan = next((p for p in ladder if p.level >= sticky.level and p.fits), ladder[-1])
             plan = replace(plan, reasons=(f"kept at or below {sticky.placement} (T5 {sticky.t5}) after an out-of-memory", *plan.reasons))
         self._plans[(model, precision, t5)] = plan

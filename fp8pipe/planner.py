@@ -262,6 +262,10 @@ def plan_ladder(
                 stages={s.name: {"predicted_s": s.seconds, "floor_s": s.floor_seconds} for s in pred.stages},
             )
         )
+    # Partial residency that needs as much VRAM as keeping everything resident (the blocks in
+    # flight outweigh the one or two left out) is never worth it: leave it out.
+    resident = {p.t5: p.predicted_peak_vram_bytes for p in plans if p.placement == "resident"}
+    plans = [p for p in plans if not (p.placement == "partial" and p.predicted_peak_vram_bytes >= resident.get(p.t5, 1 << 62))]
     plans.sort(key=lambda p: -p.predicted_peak_vram_bytes)
     return [replace(p, level=i) for i, p in enumerate(plans)]
 
