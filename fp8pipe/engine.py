@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import memory
+from .fp8 import path_counts as fp8_path_counts
 from .generation import free_memory, parameters_text, peak_memory_bytes, rounded, run_stages
 from .loader import LoadedModel, load_model, resolve_device
 from .memory import Plan, Workload
@@ -115,7 +116,8 @@ class Job:
 
 
 def _plan_summary(plan: Plan) -> dict:
-    keys = ("placement", "t5", "vae_tiling", "attention", "predicted_peak_vram_bytes", "predicted_peak_host_bytes", "fits", "level")
+    keys = ("placement", "resident_blocks", "t5", "vae_tiling", "attention", "predicted_peak_vram_bytes", "predicted_peak_host_bytes", "fits", "level")
+    keys += ("card", "predicted_latency_s", "floor_latency_s", "streamed_bytes_per_step")
     d = plan.as_dict()
     return {k: d[k] for k in keys}
 
@@ -355,6 +357,7 @@ class Engine:
                 "model": loaded.display_name,
                 "precision": loaded.options.precision,
                 "fp8_path": loaded.fp8_path,
+                "fp8_layer_paths": fp8_path_counts(loaded.pipe.transformer) if loaded.options.precision == "fp8" else None,
                 "device": str(self.device),
                 "peak_memory_bytes": peak,
                 "peak_memory_kind": peak_kind,
@@ -436,6 +439,12 @@ class Engine:
         entry = self._entry(job.model, job.precision, job.request, job.t5)
         return entry, self.load_count > loads
 
+    def _card(self):
+        """The named card this GPU is, for the latency the planner ranks by (None: the default)."""
+        from .cards import card_for_device_name
+
+        return card_for_device_name(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+
     def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None = None) -> Plan:
         work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)
         t5 = t5 or self.t5_policy
@@ -458,10 +467,10 @@ class Engine:
             self._plans[(model, precision, t5)] = plan
             return plan
         budget = self.vram_budget
-        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, t5)
+        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card())
         if sticky is not None and sticky.level > plan.level:
             # Stepped down after an out-of-memory: stay at least that low, at this request's size.
-            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, t5)
+            ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card())
             plan = next((p for p in ladder if p.level >= sticky.level and p.fits), ladder[-1])
             plan = replace(plan, reasons=(f"kept at or below {sticky.placement} (T5 {sticky.t5}) after an out-of-memory", *plan.reasons))
         self._plans[(model, precision, t5)] = plan
@@ -470,7 +479,8 @@ class Engine:
     def _entry(self, model: str, precision: str, request: GenerationRequest, t5: str | None = None) -> Entry:
         spec = self.spec_for(model)
         plan = self._plan_for(model, precision, spec, request, t5)
-        key = PoolKey(model, precision, plan.placement, plan.t5)
+        placement = f"partial:{plan.resident_blocks}" if plan.placement == "partial" else plan.placement  # hooks differ by k
+        key = PoolKey(model, precision, placement, plan.t5)
         entry = self._pool.get(key)
         if entry is not None and entry.plan.vae_tiling == plan.vae_tiling:
             self._pool.move_to_end(key)

@@ -7,8 +7,9 @@ import time
 
 import torch
 
+from .fp8 import path_counts as fp8_path_counts
 from .loader import LoadedModel
-from .memory import VAE_TILE_OVERLAP, VAE_TILE_PIXELS
+from .sizes import VAE_TILE_OVERLAP, VAE_TILE_PIXELS
 from .metadata import format_parameters
 from .requests import GenerationRequest
 from .seam import Cancelled, Result
@@ -169,6 +170,7 @@ def generate(loaded: LoadedModel, request: GenerationRequest, progress: bool = F
         "model": loaded.display_name,
         "precision": loaded.options.precision,
         "fp8_path": loaded.fp8_path,
+        "fp8_layer_paths": fp8_path_counts(loaded.pipe.transformer) if loaded.options.precision == "fp8" else None,
         "t5": loaded.dtypes.get("t5"),
         "device": str(device),
         "peak_memory_bytes": peak,

@@ -8,8 +8,9 @@ text encoders, VAE, launch overheads); the ratio measured/floor is what the benc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from .cards import CARDS, Card  # noqa: F401  (CARDS re-exported: the cards live in fp8pipe/cards.py)
 from .flops import image_flops, passes_per_step, text_tokens, transformer_pass_work, transformer_weight_bytes
 from .specs import ModelSpec
 
@@ -23,37 +24,6 @@ VAE_BYTES = int(83.7e6 * 2)
 T5_BYTES = {"16bit": int(4.76e9 * 2), "fp8": int(3.62e9 * 1 + (4.76e9 - 3.62e9) * 2), "drop": 0}
 
 
-@dataclass(frozen=True)
-class Card:
-    """Published dense (no sparsity) tensor rates with FP32 accumulation, in TFLOP/s; bandwidths in GB/s."""
-
-    name: str
-    vram_gib: float
-    fp8_tflops: float | None  # None: no FP8 tensor cores (the upcast path runs at the 16-bit rate)
-    bf16_tflops: float
-    memory_gbps: float
-    pcie_gbps: float
-
-
-# Sources: RTX 4090 from NVIDIA's "Ada GPU Architecture" whitepaper (appendix, dense FP8 and
-# FP16/BF16 tensor TFLOPS with FP32 accumulate: 330.3 / 165.2). RTX 4060 and 4070 Ti: the same
-# per-SM Ada rate (512 dense BF16 FLOP per clock per SM with FP32 accumulate, FP8 twice that)
-# times NVIDIA's published SM counts (24, 60) and boost clocks (2.46, 2.61 GHz). RTX 3060: the
-# GA102 whitepaper's per-SM Ampere rate (the same 512) x 28 SMs x 1.777 GHz; no FP8. L4 and
-# H100 SXM: NVIDIA datasheets, sparse figures halved (L4 485/242 -> 242.5/121; H100 3958/1979
-# -> 1979/989.5). Memory bandwidth from the product pages; PCIe: 4.0 x16 = 31.5 GB/s per
-# direction (the RTX 4060 is x8: 15.75), 5.0 x16 = 63 GB/s (H100).
-CARDS: dict[str, Card] = {
-    c.name: c
-    for c in (
-        Card("RTX 4060", 8, 60.5, 30.2, 272, 15.75),
-        Card("RTX 3060", 12, None, 25.5, 360, 31.5),
-        Card("RTX 4070 Ti", 12, 160.4, 80.2, 504, 31.5),
-        Card("RTX 4090", 24, 330.3, 165.2, 1008, 31.5),
-        Card("L4", 24, 242.5, 121.0, 300, 31.5),
-        Card("H100 SXM", 80, 1979.0, 989.5, 3350, 63.0),
-    )
-}
 
 
 def project(
@@ -77,7 +47,7 @@ def project(
     steps = steps or spec.steps
     guidance = spec.guidance if guidance is None else guidance
     config = spec.transformer_config
-    txt = text_tokens(spec.max_sequence_length, with_t5=t5 != "drop")
+    txt = text_tokens(spec.max_sequence_length, clip_tokens=spec.clip_tokens)
     pass_flops = transformer_pass_work(config, resolution, resolution, txt, spec.vae_scale_factor).flops
     passes = passes_per_step(guidance)
     weights = weight_bytes if weight_bytes is not None else transformer_weight_bytes(config, precision)
@@ -94,6 +64,7 @@ def project(
     else:
         placement, per_image_transfer, stream_s = "stream_weights", others / (card.pcie_gbps * 1e9), weights / (card.pcie_gbps * 1e9)
     step_s = max(compute_s, memory_s, stream_s)
+    predicted = _latency_prediction(spec, card, precision, resolution, steps, guidance, t5, placement)
     return {
         "kind": "projection",
         "card": card.name,
@@ -112,4 +83,27 @@ def project(
         "bound": "compute" if step_s == compute_s else ("memory" if step_s == memory_s else "pcie"),
         "latency_floor_s": steps * step_s + per_image_transfer,
         "card_constants": asdict(card),
+        # The latency model's whole-pipeline prediction for the same case (fp8pipe/latency.py),
+        # with its floor: what the planner ranks by. The floor fields above are the old bound.
+        "predicted_latency_s": predicted.latency_s if predicted else None,
+        "predicted_floor_s": predicted.floor_s if predicted else None,
     }
+
+
+def _latency_prediction(spec: ModelSpec, card: Card, precision: str, resolution: int, steps: int, guidance: float, t5: str, placement: str):
+    """fp8pipe.latency's prediction for a known family, in the placement the projection chose."""
+    from . import latency
+    from .sizes import component_sizes
+    from .specs import SPECS
+
+    if spec.name not in SPECS or precision not in ("fp8", "bf16", "fp16", "fp32"):
+        return None
+    sizes = component_sizes(spec.name, precision)
+    where = {"resident": "resident", "model_offload": "model_offload", "stream_weights": "group_offload"}[placement]
+    job = latency.Job(
+        spec=spec, width=resolution, height=resolution, steps=steps, guidance=guidance, precision=precision, t5=t5,
+        block_bytes=sizes.transformer_block_bytes, rest_bytes=sizes.transformer - sizes.transformer_blocks,
+        clip_bytes=sizes.clip_l + sizes.clip_g, t5_bytes={"16bit": sizes.t5_16bit, "fp8": sizes.t5_fp8}.get(t5, 0),
+        vae_bytes=sizes.vae, placement=where, resident_blocks=0 if where == "group_offload" else None,
+    )
+    return latency.predict(job, card)

@@ -140,6 +140,7 @@ class ModelSpec:
     min_resolution: int = 256
     max_resolution: int = 1536
     max_sequence_length: int = 256
+    clip_tokens: int = 77  # the CLIP tokenizers' model_max_length: CLIP's share of the text tokens
     aliases: tuple[str, ...] = field(default=())
     random_weights: bool = False
     vae_config: dict = field(default_factory=lambda: SD35_VAE_CONFIG)
@@ -198,6 +199,7 @@ SPECS: dict[str, ModelSpec] = {
             min_resolution=64,
             max_resolution=256,
             max_sequence_length=32,
+            clip_tokens=24,  # the demo's tokenizers (fp8pipe/demo/model/tokenizer*/tokenizer_config.json)
             random_weights=False,
             vae_config=DEMO_VAE_CONFIG,
             clip_l_config=DEMO_CLIP_CONFIG,

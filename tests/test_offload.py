@@ -60,13 +60,13 @@ def test_t5_kept_on_host_is_invisible_to_offload_and_gives_the_same_image(refere
 def test_vae_tiling_from_a_plan_decodes_in_tiles_of_the_planned_size(monkeypatch, reference):
     import dataclasses
 
-    from fp8pipe import memory
+    from fp8pipe import memory, placement
 
     request, _ = reference
     request = dataclasses.replace(request, width=128, height=128)
     loaded = load_model("demo", LoadOptions(device="cpu"))
     plain = np.asarray(generate(loaded, request).image)
-    monkeypatch.setattr(memory, "VAE_TILE_PIXELS", 64)  # the demo's images are smaller than real tiles
+    monkeypatch.setattr(placement, "VAE_TILE_PIXELS", 64)  # the demo's images are smaller than real tiles
     plan = memory.plan_placement(loaded.spec, 8 * memory.GiB, 8 * memory.GiB, memory.Workload(128, 128))
     memory.apply_plan_tiling(loaded, dataclasses.replace(plan, vae_tiling=True))
     calls = []

@@ -51,7 +51,15 @@ def test_the_quick_plan_command_prints_the_readme_planner_row(tmp_path):
     command = quick_commands()["plan"]
     proc = run(command, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    placement, t5, tiling = re.search(r"plan: (\w+); T5 (\w+); VAE tiling (on|off)", proc.stdout).groups()
+    placement, t5, tiling = re.search(r"plan: (\w+).*?; T5 (\w+); VAE tiling (on|off)", proc.stdout).groups()
     peak = re.search(r"predicted peak: ([\d.]+) GiB VRAM", proc.stdout).group(1)
-    row = f"| sd3.5-large-turbo | 1024 | 8 GiB | {placement} | {t5} | {'yes' if tiling == 'on' else 'no'} | {peak} GiB |"
+    latency, floor = re.search(r"predicted latency: ([\d.]+) s \(a prediction; floor ([\d.]+) s", proc.stdout).groups()
+    row = f"| sd3.5-large-turbo | 1024 | RTX 4060 | {placement} | {t5} | {'yes' if tiling == 'on' else 'no'} | {peak} GiB | {latency} s | {floor} s |"
     assert row in README
+
+
+def test_the_latency_table_is_what_the_model_generates():
+    from fp8pipe.kiosk_choice import readme_block
+
+    block = re.search(r"<!-- latency-table -->\n(.*?)<!-- /latency-table -->", README, re.S).group(1)
+    assert block == readme_block()

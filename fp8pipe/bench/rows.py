@@ -100,7 +100,7 @@ def _run_pipe(pipe, case: Case, spec: ModelSpec, seed: int):
 
 
 def case_work(case: Case, spec: ModelSpec, t5: str) -> dict:
-    txt = text_tokens(spec.max_sequence_length, with_t5=t5 != "drop")
+    txt = text_tokens(spec.max_sequence_length, clip_tokens=spec.clip_tokens)
     work = transformer_pass_work(spec.transformer_config, case.resolution, case.resolution, txt, spec.vae_scale_factor)
     per_step = passes_per_step(case.guidance) * work.flops
     return {"image_tokens": work.image_tokens, "text_tokens": txt, "tflop_per_step": per_step / 1e12, "tflop_per_image": case.steps * per_step / 1e12}
@@ -236,7 +236,7 @@ def fidelity(spec: ModelSpec, resolution: int, steps: int, guidance: float, devi
     model = random_transformer(config, "bf16", device, seed, dtype=dtype)
     gen = torch.Generator("cpu").manual_seed(seed)
     batch = passes_per_step(guidance)
-    txt = text_tokens(spec.max_sequence_length)
+    txt = text_tokens(spec.max_sequence_length, clip_tokens=spec.clip_tokens)
     text = torch.randn(batch, txt, config["joint_attention_dim"], generator=gen).to(device, dtype)
     pooled = torch.randn(batch, config["pooled_projection_dim"], generator=gen).to(device, dtype)
     size = resolution // spec.vae_scale_factor
