@@ -546,12 +546,7 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
     pipe = _pipeline_from({**components, "transformer": transformer})
     pipe.set_progress_bar_config(disable=True)
     report = fp8_report(transformer) if options.precision == "fp8" else None
-    dtypes = {
-        "transformer": "fp8+" + str(transformer_compute_dtype("fp8", device)).removeprefix("torch.") if report else options.precision,
-        "clip": str(component_dtype(device)).removeprefix("torch."),
-        "vae": str(pipe.vae.dtype).removeprefix("torch."),
-        "t5": options.t5 if pipe.text_encoder_3 is not None else "drop",
-    }
+    dtypes = component_dtypes(pipe, options, device, report is not None)
     return LoadedModel(
         pipe=pipe,
         name=model,
@@ -565,6 +560,16 @@ def load_model(model: str = "demo", options: LoadOptions | None = None) -> Loade
         dtypes=dtypes,
         origins=origins,
     )
+
+
+def component_dtypes(pipe, options: LoadOptions, device: torch.device, fp8: bool) -> dict:
+    """What each component of a loaded pipeline computes in, as the stats report it."""
+    return {
+        "transformer": "fp8+" + str(transformer_compute_dtype("fp8", device)).removeprefix("torch.") if fp8 else options.precision,
+        "clip": str(component_dtype(device)).removeprefix("torch."),
+        "vae": str(pipe.vae.dtype).removeprefix("torch."),
+        "t5": options.t5 if pipe.text_encoder_3 is not None else "drop",
+    }
 
 
 def _load_base(base: str, t5: str) -> dict:

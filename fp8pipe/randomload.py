@@ -14,7 +14,7 @@ import time
 import torch
 
 from .fp8 import choose_path, fp8_report
-from .loader import LoadedModel, LoadOptions, component_dtype, resolve_device, run_on_cpu_inputs, transformer_compute_dtype
+from .loader import LoadedModel, LoadOptions, component_dtypes, resolve_device, run_on_cpu_inputs
 from .specs import SPECS, find_spec
 
 
@@ -40,12 +40,7 @@ def random_loader(model: str, options: LoadOptions | None = None, seed: int = 0)
         run_on_cpu_inputs(encoder)
         pipe.register_modules(text_encoder_3=encoder, tokenizer_3=t5_tokenizer)
     report = fp8_report(pipe.transformer) if options.precision == "fp8" else None
-    dtypes = {
-        "transformer": "fp8+" + str(transformer_compute_dtype("fp8", device)).removeprefix("torch.") if report else options.precision,
-        "clip": str(component_dtype(device)).removeprefix("torch."),
-        "vae": str(pipe.vae.dtype).removeprefix("torch."),
-        "t5": options.t5 if pipe.text_encoder_3 is not None else "drop",
-    }
+    dtypes = component_dtypes(pipe, options, device, report is not None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return LoadedModel(

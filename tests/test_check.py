@@ -88,3 +88,17 @@ def test_device_wheels_resolve_and_stay_under_64_mib(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     wheels = sorted(p.name for p in (tmp_path / "whl").glob("*.whl"))
     assert len(wheels) == 4 and sum(p.stat().st_size for p in (tmp_path / "whl").iterdir()) < 64 * 2**20
+
+
+def test_random_loader_builds_a_known_family_as_the_engine_asks_and_says_its_weights_are_random():
+    from fp8pipe.fp8 import FP8Linear
+    from fp8pipe.loader import LoadOptions
+    from fp8pipe.randomload import random_loader
+
+    loaded = random_loader("demo", LoadOptions(precision="fp8", t5="drop", device="cpu"))
+    assert loaded.source_kind == "random" and loaded.random_weights
+    assert loaded.pipe.text_encoder_3 is None and loaded.dtypes["t5"] == "drop"
+    assert loaded.fp8.quantized and loaded.fp8.fp8_bytes > 0
+    assert any(isinstance(m, FP8Linear) for m in loaded.pipe.transformer.modules())
+    with pytest.raises(ValueError, match="known families only"):
+        random_loader("/some/folder", LoadOptions(device="cpu"))
