@@ -77,17 +77,22 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 yield key, fh.get_tensor(key)
 
 
+def read_json_object(path: Path, fix: str = "restore the file from the model's source") -> dict:
+    """A JSON object from a model's config or manifest; a clear error naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelLoadError(f"{path.name} in {path.parent.name}/ is not a readable JSON file ({type(e).__name__})", tried=[str(path)], fix=fix) from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} in {path.parent.name}/ is not a JSON object", tried=[str(path)], fix=fix)
+    return data
+
+
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelLoadError(f"{MANIFEST} in {folder.name}/ is not a readable JSON file ({type(e).__name__})", tried=[str(path)], fix="re-run `python -m fp8pipe quantize`") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{MANIFEST} in {folder.name}/ is not a JSON object", tried=[str(path)], fix="re-run `python -m fp8pipe quantize`")
-    return data
+    return read_json_object(path, fix="re-run `python -m fp8pipe quantize`")
 
 
 def _versions() -> dict:

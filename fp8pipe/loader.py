@@ -339,19 +339,6 @@ CONFIG_BOUNDS = {
 MAX_MODEL_WIDTH = 16_384  # num_attention_heads x attention_head_dim
 
 
-def read_json_config(path: Path) -> dict:
-    """A JSON object from a model's config or manifest; a clear error naming the file otherwise."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelLoadError(f"{path.name} in {path.parent.name}/ is not a readable JSON file ({type(e).__name__})", tried=[str(path)], fix="restore the file from the model's source") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path.name} in {path.parent.name}/ is not a JSON object", tried=[str(path)], fix="restore the file from the model's source")
-    return data
-
-
 def check_transformer_config(config: dict, where: str) -> dict:
     """Refuse a config with missing, negative or absurd sizes before a model is built from it."""
     for key, (low, high) in CONFIG_BOUNDS.items():
@@ -370,7 +357,7 @@ def _transformer_config(folder: Path) -> dict:
     path = folder / "transformer" / "config.json"
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing", tried=[str(folder)], fix="the folder is not a complete SD3 pipeline")
-    config = {k: v for k, v in read_json_config(path).items() if not k.startswith("_")}
+    config = {k: v for k, v in ckpt.read_json_object(path).items() if not k.startswith("_")}
     return check_transformer_config(config, "transformer/config.json")
 
 
@@ -380,7 +367,7 @@ def _spec_for(name: str, config: dict, folder: Path) -> ModelSpec:
     if known is not None:
         return known
     vae_path = folder / "vae" / "config.json"
-    vae = read_json_config(vae_path) if vae_path.is_file() else SPECS["sd3.5-medium"].vae_config
+    vae = ckpt.read_json_object(vae_path) if vae_path.is_file() else SPECS["sd3.5-medium"].vae_config
     blocks = vae.get("block_out_channels")
     if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8:
         raise ModelLoadError(f"vae/config.json: block_out_channels = {blocks!r} is not allowed; it must be a list of 1 to 8 widths", fix="use the model's original config.json")
