@@ -3,6 +3,7 @@ files (JSON + markdown per stage, and a summary) with the machine's facts and th
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
@@ -165,15 +166,9 @@ def add_check_command(subparsers) -> None:
     c.add_argument("--soak-requests", type=int, default=200, help="requests in the soak (default 200)")
     c.add_argument("--limit-s", type=float, default=STAGE_LIMIT_S, help=f"wall-clock limit per stage in seconds (default {STAGE_LIMIT_S})")
     c.add_argument("--quick", action="store_true", help="fewer cases and requests: a smoke run of every stage")
-    c.add_argument("--in-process", action="store_true", help=argparse_hidden())
-    c.add_argument("--options", default=None, help=argparse_hidden())
+    c.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--options", default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_check)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def command_line(args) -> str:
