@@ -20,6 +20,7 @@ class Card:
     memory_gbps: float
     pcie_gbps: float  # one direction, the link's theoretical rate
     card_class: str = "ada"
+    efficiency: Efficiency | None = None  # a probed card's own (fp8pipe/probe.py); else its class's
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ def _offload_per_image(job: Job, card: Card, eff: Efficiency) -> float:
 
 def predict(job: Job, card: Card, efficiency: Efficiency | None = None) -> Prediction:
     """The predicted latency of one image on `card`, with its floor, per stage."""
-    eff = efficiency or EFFICIENCY[card.card_class]
+    eff = efficiency or card.efficiency or EFFICIENCY[card.card_class]
     stages = []
     for name, fn in (("encode", _encode), ("offload", _offload_per_image), ("decode", _decode)):
         stages.append((name, fn(job, card, eff), fn(job, card, PEAK)))
