@@ -140,11 +140,11 @@ def _log(message: str) -> None:
 # ---- the service path (kiosk, planner, soak) ---------------------------------------------------
 
 
-def _engine(budget: int, t5: str, warmup: bool = True):
+def _engine(budget: int, t5: str, warmup: bool = True, compile: bool = False):
     from ..engine import Engine
     from ..randomload import random_loader
 
-    return Engine(device="cuda", vram_budget=budget, loader=random_loader, t5=t5, warmup=warmup)
+    return Engine(device="cuda", vram_budget=budget, loader=random_loader, t5=t5, warmup=warmup, compile=compile)
 
 
 def _cap(budget: int | None) -> dict:
@@ -190,10 +190,10 @@ def stage_kiosk(options: dict) -> dict:
 
     quick = options.get("quick", False)
     deadline = _deadline(options)
-    preset = load_preset("kiosk-8gb")
+    preset = load_preset(options.get("kiosk_preset", "kiosk-8gb"))
     cap = options.get("vram_cap")
     cap_note = _cap(cap)
-    engine = _engine(cap, preset.t5)
+    engine = _engine(cap, preset.t5, compile=preset.compile)
     spec = engine.spec_for(preset.model)
     start = time.perf_counter()
     engine.start(models=[(preset.model, preset.precision)], request_fields=preset.defaults_for(spec))
@@ -226,7 +226,8 @@ def stage_kiosk(options: dict) -> dict:
         pool = engine.describe()["pool"]
         engine.close()
     h100_capped = dataclasses.replace(CARDS["H100 SXM"], name=f"H100 SXM capped to {_gib(cap)} GiB", vram_gib=(cap or 0) / GIB)
-    predicted = {s: project(spec, h100_capped, preset.precision, s, 4, 0.0, preset.t5) for s in sizes}
+    fields = preset.defaults_for(spec)
+    predicted = {s: project(spec, h100_capped, preset.precision, s, fields["steps"], fields["guidance"], preset.t5) for s in sizes}
     table = []
     for r in rows:
         p = predicted[r["size"]]
