@@ -72,3 +72,34 @@ def test_compiled_blocks_can_be_made_eager_again():
     assert all(b._compiled_call_impl is not None for b in transformer.transformer_blocks)
     uncompile_transformer_(transformer)
     assert all(b._compiled_call_impl is None for b in transformer.transformer_blocks)
+
+
+def test_a_compile_failure_at_warm_up_falls_back_to_eager_and_says_so(monkeypatch):
+    from fp8pipe import engine as engine_mod
+    from fp8pipe.compiling import compile_transformer_
+    from fp8pipe.engine import Engine
+
+    real = engine_mod.run_stages
+    calls = []
+
+    def fails_once_compiled(loaded, request, *args, **kwargs):
+        calls.append(request.steps)
+        if len(calls) == 1:
+            raise RuntimeError("Cannot find a working triton installation")
+        return real(loaded, request, *args, **kwargs)
+
+    with Engine(device="cpu", warmup=False) as engine:
+        engine.start(models=[("demo", "fp8")])
+        entry = next(iter(engine._pool.values()))
+        transformer = entry.loaded.pipe.transformer
+        entry.applied["compiled"] = compile_transformer_(transformer)  # as a GPU engine compiles a resident plan
+        monkeypatch.setattr(engine_mod, "run_stages", fails_once_compiled)
+        request = engine.request("demo", prompt="a red circle", seed=0, steps=1, width=64, height=64)
+        engine._warm(entry, request)
+        assert len(calls) == 2 and entry.applied["compiled"] is False and "triton" in entry.applied["compile_error"]
+        assert all(b._compiled_call_impl is None for b in transformer.transformer_blocks)
+        assert entry.plan.execution == "eager" and "compiling failed" in entry.plan.reasons[-1]
+        assert engine.compile_error and not engine.compiles
+        assert any(e["event"] == "compile_failed" for e in engine.events)
+        monkeypatch.setattr(engine_mod, "run_stages", real)
+        assert engine.generate(request, "demo", "fp8").image is not None
