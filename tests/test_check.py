@@ -78,6 +78,9 @@ def test_a_whole_check_budget_is_shared_by_the_stages_usual_lengths():
     assert runner.stage_limit("soak", ["soak"], 300.0, 540.0) == 300.0
     assert runner.stage_limit("soak", ["soak"], 900.0, 540.0) == 540.0
     assert runner.stage_limit("bench", ["bench"], None, 123.0) == 123.0
+    # a short stage still gets a usable slot while the budget has one
+    assert runner.stage_limit("probe", ["probe", "kiosk"], 120.0, 540.0) == runner.MIN_STAGE_S
+    assert runner.stage_limit("probe", ["probe", "kiosk"], 20.0, 540.0) == 20.0
 
 
 def test_stages_the_budget_cannot_reach_are_reported_not_run(tmp_path, monkeypatch):

@@ -116,11 +116,13 @@ def run_stage_here(stage: str, options: dict) -> dict:
 def stage_limit(stage: str, remaining: list[str], left_s: float | None, limit_s: float) -> float:
     """The wall-clock limit of `stage`: `limit_s`, or under a whole-check budget its weighted share
     of the time `left_s` for the stages `remaining` (itself first), never more than `limit_s`.
-    Time a stage leaves unused passes to the stages after it."""
+    Time a stage leaves unused passes to the stages after it; each gets at least MIN_STAGE_S while
+    that much is left."""
     if left_s is None:
         return limit_s
     weights = sum(STAGE_WEIGHTS[s] for s in remaining)
-    return min(limit_s, left_s * STAGE_WEIGHTS[stage] / weights)
+    share = max(left_s * STAGE_WEIGHTS[stage] / weights, MIN_STAGE_S)  # a short stage still gets a usable slot
+    return min(limit_s, share, left_s)
 
 
 def run_check(stages: list[str], out: Path, options: dict, limit_s: float = STAGE_LIMIT_S, log=print, total_s: float | None = None) -> dict:
