@@ -64,7 +64,46 @@ def test_a_stage_past_its_limit_is_reported_as_timeout(tmp_path, monkeypatch):
     assert "45 s limit" in report["summary"][0]
 
 
-@pytest.mark.parametrize("argv, message", [(["--stages", "tests,warp"], "--stages takes"), (["--soak-requests", "0"], "--soak-requests"), (["--limit-s", "5"], "--limit-s")])
+def test_a_whole_check_budget_is_shared_by_the_stages_usual_lengths():
+    every = list(runner.STAGES)
+    shares = [runner.stage_limit(s, every[i:], 540.0, 540.0) for i, s in enumerate(every)]
+    # with every stage using its whole share, the shares add up to the budget exactly
+    left, spent = 540.0, []
+    for i, stage in enumerate(every):
+        spent.append(runner.stage_limit(stage, every[i:], left, 540.0))
+        left -= spent[-1]
+    assert sum(spent) == pytest.approx(540.0)
+    assert shares[0] == pytest.approx(540.0 * runner.STAGE_WEIGHTS["tests"] / sum(runner.STAGE_WEIGHTS.values()))
+    # time a stage leaves unused passes on; no stage is given more than the per-stage limit
+    assert runner.stage_limit("soak", ["soak"], 300.0, 540.0) == 300.0
+    assert runner.stage_limit("soak", ["soak"], 900.0, 540.0) == 540.0
+    assert runner.stage_limit("bench", ["bench"], None, 123.0) == 123.0
+    # a short stage still gets a usable slot while the budget has one
+    assert runner.stage_limit("probe", ["probe", "kiosk"], 120.0, 540.0) == runner.MIN_STAGE_S
+    assert runner.stage_limit("probe", ["probe", "kiosk"], 20.0, 540.0) == 20.0
+
+
+def test_stages_the_budget_cannot_reach_are_reported_not_run(tmp_path, monkeypatch):
+    class Ran:
+        returncode, stdout, stderr = 0, "", ""
+
+    def fake_stage(child, timeout, **kwargs):
+        stage = child[child.index("--stages") + 1]
+        assert timeout <= 100
+        runner.write_report(tmp_path, stage, {"stage": stage, "status": "ok", "summary": [], "seconds": 1.0, "environment": {}})
+        return Ran()
+
+    clock = iter([0.0, 0.0, 0.0, 95.0, 95.0, 95.0, 95.0, 95.0, 95.0, 95.0, 95.0, 95.0])
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(clock, 95.0))
+    monkeypatch.setattr(runner.subprocess, "run", fake_stage)
+    summary = runner.run_check(["tests", "probe", "soak"], tmp_path, {"command": "x"}, limit_s=540, log=lambda _: None, total_s=100)
+    statuses = {r["stage"]: r["status"] for r in summary["stages"]}
+    assert statuses == {"tests": "ok", "probe": "not run", "soak": "not run"}
+    assert summary["status"] == "failed"
+    assert "--total-s budget" in json.loads((tmp_path / "soak.json").read_text())["summary"][0]
+
+
+@pytest.mark.parametrize("argv, message", [(["--stages", "tests,warp"], "--stages takes"), (["--soak-requests", "0"], "--soak-requests"), (["--limit-s", "5"], "--limit-s"), (["--total-s", "10"], "--total-s")])
 def test_bad_check_options_name_the_option(argv, message):
     done = subprocess.run([sys.executable, "-m", "fp8pipe", "check", *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr

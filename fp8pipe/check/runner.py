@@ -15,6 +15,12 @@ from pathlib import Path
 STAGES = ("tests", "probe", "bench", "kiosk", "planner", "soak")
 GPU_STAGES = frozenset(STAGES) - {"tests"}
 STAGE_LIMIT_S = 540  # each stage stays under 9 minutes on an H100 (a device call is limited to 10)
+# How a whole-check budget (--total-s) is shared, in seconds of a 540 s budget: the tests as
+# measured on an H100 (2.5 min) with room, the probe's 10 s, and the rest split so that one device
+# call of ~9 minutes runs every stage (bench, kiosk, planner and soak stop starting new cases at
+# their deadline and report what they did).
+STAGE_WEIGHTS = {"tests": 165, "probe": 20, "bench": 145, "kiosk": 70, "planner": 70, "soak": 70}
+MIN_STAGE_S = 30  # a stage gets at least this long, or it is not started
 DEFAULT_OUT = "bench/results/gpu-check"
 
 
@@ -107,16 +113,40 @@ def run_stage_here(stage: str, options: dict) -> dict:
     return report
 
 
-def run_check(stages: list[str], out: Path, options: dict, limit_s: float = STAGE_LIMIT_S, log=print) -> dict:
-    """Run each stage in a child process under `limit_s`; returns the summary (also written)."""
+def stage_limit(stage: str, remaining: list[str], left_s: float | None, limit_s: float) -> float:
+    """The wall-clock limit of `stage`: `limit_s`, or under a whole-check budget its weighted share
+    of the time `left_s` for the stages `remaining` (itself first), never more than `limit_s`.
+    Time a stage leaves unused passes to the stages after it; each gets at least MIN_STAGE_S while
+    that much is left."""
+    if left_s is None:
+        return limit_s
+    weights = sum(STAGE_WEIGHTS[s] for s in remaining)
+    share = max(left_s * STAGE_WEIGHTS[stage] / weights, MIN_STAGE_S)  # a short stage still gets a usable slot
+    return min(limit_s, share, left_s)
+
+
+def run_check(stages: list[str], out: Path, options: dict, limit_s: float = STAGE_LIMIT_S, log=print, total_s: float | None = None) -> dict:
+    """Run each stage in a child process under its limit (`limit_s`, or its share of `total_s`
+    for the whole check); returns the summary (also written)."""
     results = []
-    for stage in stages:
-        log(f"[check] {stage} ...")
+    began = time.perf_counter()
+    for index, stage in enumerate(stages):
+        left = None if total_s is None else total_s - (time.perf_counter() - began)
+        stage_s = stage_limit(stage, stages[index:], left, limit_s)
+        if stage_s < MIN_STAGE_S:
+            report = {"stage": stage, "status": "not run", "environment": environment(), "command": options.get("command", ""),
+                      "summary": [f"not run: {max(left or 0, 0):.0f} s of the --total-s budget was left for {len(stages) - index} stage(s)"], "seconds": 0.0}  # fmt: skip
+            write_report(out, stage, report)
+            results.append({"stage": stage, "status": report["status"], "seconds": 0.0, "summary": report["summary"]})
+            log(f"[check] {stage}: not run (budget spent)")
+            continue
+        options = {**options, "budget_s": stage_s - min(30.0, 0.15 * stage_s)}  # a stage stops starting new work this long before its limit
+        log(f"[check] {stage} ... (limit {stage_s:.0f} s)")
         start = time.perf_counter()
         (out / f"{stage}.json").unlink(missing_ok=True)  # a report left by an earlier run must not pass for this one's
         child = [sys.executable, "-m", "fp8pipe", "check", "--stages", stage, "--out", str(out), "--in-process", "--options", json.dumps(options)]
         try:
-            done = subprocess.run(child, timeout=limit_s, capture_output=True, text=True)
+            done = subprocess.run(child, timeout=stage_s, capture_output=True, text=True)
             report = json.loads((out / f"{stage}.json").read_text()) if (out / f"{stage}.json").is_file() else None
             if report is None:
                 report = {"stage": stage, "status": "failed", "environment": environment(), "command": options.get("command", ""),
@@ -126,7 +156,7 @@ def run_check(stages: list[str], out: Path, options: dict, limit_s: float = STAG
         except subprocess.TimeoutExpired as e:
             tail = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""))[-2000:]
             report = {"stage": stage, "status": "timeout", "environment": environment(), "command": options.get("command", ""),
-                      "summary": [f"timeout: the stage ran past its {limit_s:.0f} s limit and was stopped"], "error": tail,
+                      "summary": [f"timeout: the stage ran past its {stage_s:.0f} s limit and was stopped"], "error": tail,
                       "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
             write_report(out, stage, report)
         results.append({"stage": stage, "status": report["status"], "seconds": report["seconds"], "summary": report.get("summary", [])})
@@ -166,6 +196,7 @@ def add_check_command(subparsers) -> None:
     c.add_argument("--kiosk-preset", default="kiosk-8gb", help="the preset the kiosk stage serves (default kiosk-8gb; kiosk-medium-8gb is the compiled Medium Turbo kiosk)")
     c.add_argument("--soak-requests", type=int, default=200, help="requests in the soak (default 200)")
     c.add_argument("--limit-s", type=float, default=STAGE_LIMIT_S, help=f"wall-clock limit per stage in seconds (default {STAGE_LIMIT_S})")
+    c.add_argument("--total-s", type=float, default=None, help="wall-clock budget for the whole check, shared among the stages by their usual length (e.g. 540 for one 10-minute device call; default: none, each stage gets --limit-s)")
     c.add_argument("--quick", action="store_true", help="fewer cases and requests: a smoke run of every stage")
     c.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     c.add_argument("--options", default=None, help=argparse.SUPPRESS)
@@ -175,6 +206,7 @@ def add_check_command(subparsers) -> None:
 def command_line(args) -> str:
     parts = ["python -m fp8pipe check", f"--stages {args.stages}", f"--out {shlex.quote(args.out)}", f"--vram-cap {args.vram_cap}"]
     parts += [f"--archs {args.archs}", f"--resolution {args.resolution}", f"--kiosk-preset {args.kiosk_preset}", f"--soak-requests {args.soak_requests}", f"--limit-s {args.limit_s:g}"]
+    parts += [f"--total-s {args.total_s:g}"] if args.total_s is not None else []
     return " ".join(parts + (["--quick"] if args.quick else []))
 
 
@@ -192,6 +224,8 @@ def cmd_check(args) -> int:
         raise ValueError(f"--soak-requests must be at least 1; got {args.soak_requests}")
     if not 30 <= args.limit_s <= 3600:
         raise ValueError(f"--limit-s must be 30 to 3600 seconds; got {args.limit_s:g}")
+    if args.total_s is not None and not 60 <= args.total_s <= 21600:
+        raise ValueError(f"--total-s must be 60 to 21600 seconds; got {args.total_s:g}")
     options = {
         "command": command_line(args),
         "vram_cap": parse_size(args.vram_cap),
@@ -202,6 +236,6 @@ def cmd_check(args) -> int:
         "quick": args.quick,
         "budget_s": args.limit_s - 30,  # a stage stops starting new work this long before its limit
     }
-    summary = run_check(stages, out, options, args.limit_s, log=lambda m: print(m, flush=True))
+    summary = run_check(stages, out, options, args.limit_s, log=lambda m: print(m, flush=True), total_s=args.total_s)
     print(f"reports in {out}/ (summary.md)")
     return 0 if summary["status"] == "ok" else 1
