@@ -589,7 +589,7 @@ def create_app(args) -> tuple[object, App]:
 
     spaces = zerogpu.spaces_module()  # None unless ZeroGPU is active: then no warm-up (it would not carry into the calls), no compile
     loras = _loras(args, preset)
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False,
+    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=preset.compile and spaces is None,
                     loras=loras, lora_mode=args.lora_mode or preset.lora_mode)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)

@@ -20,6 +20,7 @@ class Card:
     memory_gbps: float
     pcie_gbps: float  # one direction, the link's theoretical rate
     card_class: str = "ada"
+    efficiency: Efficiency | None = None  # a probed card's own (fp8pipe/probe.py); else its class's
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ CARDS: dict[str, Card] = {
         Card("RTX 4090", 24, 330.3, 165.2, 1008, 31.5, "ada"),
         Card("L4", 24, 242.5, 121.0, 300, 31.5, "ada"),
         Card("A100 80GB", 80, None, 312.0, 2039, 31.5, "ampere-dc"),
+        Card("A100 40GB", 40, None, 312.0, 1555, 31.5, "ampere-dc"),  # the PCIe card
         Card("H100 SXM", 80, 1979.0, 989.5, 3350, 63.0, "hopper"),
     )
 }
@@ -81,7 +83,7 @@ def find_card(name: str) -> Card:
 def card_for_device_name(device_name: str) -> Card | None:
     """The named card a CUDA device is (by its name, e.g. 'NVIDIA H100 80GB HBM3'), or None."""
     name = device_name.replace(" ", "").lower()
-    for key, card in (("h100", "H100 SXM"), ("a100", "A100 80GB"), ("l4", "L4"), ("4090", "RTX 4090"), ("4070ti", "RTX 4070 Ti"), ("4060", "RTX 4060"), ("3060", "RTX 3060")):
+    for key, card in (("h100", "H100 SXM"), ("a100-pcie-40gb", "A100 40GB"), ("a100", "A100 80GB"), ("l4", "L4"), ("4090", "RTX 4090"), ("4070ti", "RTX 4070 Ti"), ("4060", "RTX 4060"), ("3060", "RTX 3060")):
         if key in name:
             return CARDS[card]
     return None

@@ -35,6 +35,14 @@ def compile_transformer_(model: nn.Module, mode: str = "default", regional: bool
     return "whole"
 
 
+def uncompile_transformer_(model: nn.Module) -> None:
+    """Undo compile_transformer_: the blocks (and the forward) run eager again."""
+    for block in model.modules():
+        if getattr(block, "_compiled_call_impl", None) is not None:
+            block._compiled_call_impl = None
+    model.__dict__.pop("forward", None)
+
+
 def fuse_activation_quant_(model: nn.Module) -> int:
     """Give every FP8Linear one compiled activation quantizer (amax, scale, clamp and cast in one
     kernel instead of four); returns how many layers got it."""

@@ -80,6 +80,7 @@ class Entry:
     vram_bytes: int  # what it keeps on the GPU between requests
     host_bytes: int
     uses: int = 0
+    streamed: memory.StreamCounter | None = None  # host->device bytes of streamed blocks
 
 
 class Job:
@@ -117,7 +118,7 @@ class Job:
 
 def _plan_summary(plan: Plan) -> dict:
     keys = ("placement", "resident_blocks", "t5", "vae_tiling", "attention", "predicted_peak_vram_bytes", "predicted_peak_host_bytes", "fits", "level")
-    keys += ("card", "predicted_latency_s", "floor_latency_s", "streamed_bytes_per_step")
+    keys += ("execution", "card", "predicted_latency_s", "floor_latency_s", "streamed_bytes_per_step")
     d = plan.as_dict()
     return {k: d[k] for k in keys}
 
@@ -154,6 +155,7 @@ class Engine:
         # stage starts; raising torch.OutOfMemoryError there exercises the fallback.
         self.fault_hook: Callable[[str], None] | None = None
         self.load_count = 0
+        self.compile_error: str | None = None  # why compiling failed once: the engine then runs eager
         self.events: list[dict] = []  # loads, evictions, step-downs, in order
         self.ready = threading.Event()
         self._pool: OrderedDict[PoolKey, Entry] = OrderedDict()  # least recently used first
@@ -362,6 +364,7 @@ class Engine:
                 "peak_memory_bytes": peak,
                 "peak_memory_kind": peak_kind,
                 "peak_vram_bytes": peak if self.device.type == "cuda" else None,
+                "h2d_streamed_bytes": entry.streamed.bytes if entry.streamed is not None else 0,
                 "plan": _plan_summary(entry.plan),
                 "attention": entry.applied.get("attention"),
                 "random_weights": loaded.random_weights,
@@ -398,6 +401,8 @@ class Engine:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         entry.uses += 1
+        if entry.streamed is not None:
+            entry.streamed.bytes = 0
         try:
             images, timings = run_stages(entry.loaded, job.request, on_step, enter)
         except (Cancelled, torch.OutOfMemoryError):
@@ -420,7 +425,7 @@ class Engine:
         if entry is not None:
             self._evict(entry.key, "out of memory")  # never reuse a pipeline that failed mid-move
         free_memory(self.device)
-        lower = memory.next_plan(failed, self.spec_for(model)) if failed is not None else None
+        lower = memory.next_plan(failed, self.spec_for(model), card=self._card()) if failed is not None else None
         if lower is None:
             raise OutOfMemory(
                 f"out of memory in {stage} on the lowest plan ({failed.placement if failed else 'unplanned'}); "
@@ -439,11 +444,21 @@ class Engine:
         entry = self._entry(job.model, job.precision, job.request, job.t5)
         return entry, self.load_count > loads
 
-    def _card(self):
-        """The named card this GPU is, for the latency the planner ranks by (None: the default)."""
-        from .cards import card_for_device_name
+    @property
+    def compiles(self) -> bool:
+        """Whether this engine compiles resident transformers: asked for, on a GPU, with a warm-up
+        to compile in before the first visitor, and not failed before."""
+        return self.compile and self.warmup and self.device.type == "cuda" and self.compile_error is None
 
-        return card_for_device_name(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+    def _card(self):
+        """This GPU as the start-up probe measured it (cached per device), else the named card it is,
+        for the latency the planner ranks by (None: the default)."""
+        from .cards import card_for_device_name
+        from .probe import probed_card
+
+        if self.device.type != "cuda":
+            return None
+        return probed_card(str(self.device)) or card_for_device_name(torch.cuda.get_device_name(self.device))
 
     def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None = None) -> Plan:
         work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)
@@ -467,9 +482,9 @@ class Engine:
             self._plans[(model, precision, t5)] = plan
             return plan
         budget = self.vram_budget
-        plan = memory.plan_placement(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card())
+        plan = memory.plan_as_run(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card(), self.compiles)
         if sticky is not None and sticky.level > plan.level:
-            # Stepped down after an out-of-memory: stay at least that low, at this request's size.
+            # Stepped down after an out-of-memory: stay at least that low, at this request's size (eager).
             ladder = memory.plan_ladder(spec, budget, self.host_budget, work, precision, self.attention, t5, self._card())
             plan = next((p for p in ladder if p.level >= sticky.level and p.fits), ladder[-1])
             plan = replace(plan, reasons=(f"kept at or below {sticky.placement} (T5 {sticky.t5}) after an out-of-memory", *plan.reasons))
@@ -515,10 +530,12 @@ class Engine:
             applied=applied,
             vram_bytes=terms.get("vram_between_requests", 0) if on_gpu else 0,
             host_bytes=terms.get("host_weights", 0) if on_gpu else terms.get("weights_on_gpu", 0),
+            streamed=memory.count_streamed_bytes(loaded.pipe.transformer) if plan.placement in ("partial", "group_offload") and on_gpu else None,
         )
-        if self.compile and on_gpu and plan.placement == "resident":
-            loaded.pipe.transformer.compile()
-            applied["compiled"] = True
+        if plan.execution == "compiled" and on_gpu and plan.placement == "resident":
+            from .compiling import compile_transformer_
+
+            applied["compiled"] = compile_transformer_(loaded.pipe.transformer)  # the blocks, regionally
         self._pool[key] = entry
         self.events.append({"event": "load", "key": vars(key), "plan": _plan_summary(plan), "load_s": round(loaded.load_seconds, 3)})
         return entry
@@ -548,11 +565,37 @@ class Engine:
         del entry, pipe
         free_memory(self.device)
 
+    def _fall_back_to_eager(self, entry: Entry, request: GenerationRequest, error: BaseException) -> None:
+        """Compiling failed (no Triton, an unsupported GPU, ...): run this pipeline eager, plan every
+        later one eager, and say so in the plan's reasons and the events."""
+        from .compiling import uncompile_transformer_
+
+        uncompile_transformer_(entry.loaded.pipe.transformer)
+        self.compile_error = f"{type(error).__name__}: {str(error)[:200]}"
+        log.warning("torch.compile failed (%s); running eager", self.compile_error)
+        key, plan = entry.key, entry.plan
+        work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps)
+        ladder = memory.plan_ladder(self.spec_for(key.model), plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, plan.attention, plan.t5, self._card(), "eager")
+        same = [p for p in ladder if (p.placement, p.t5, p.vae_tiling) == (plan.placement, plan.t5, plan.vae_tiling)]
+        eager = same[0] if same else replace(plan, execution="eager")
+        entry.plan = replace(eager, level=plan.level, t5_policy=plan.t5_policy, reasons=(*plan.reasons, f"eager: compiling failed ({self.compile_error})"))
+        entry.applied["compiled"] = False
+        entry.applied["compile_error"] = self.compile_error
+        self.events.append({"event": "compile_failed", "key": vars(key), "error": self.compile_error})
+
     def _warm(self, entry: Entry, request: GenerationRequest) -> None:
         """One uncounted generation, so the first visitor does not pay for lazy initialisation
         (kernel selection, allocator growth, compile)."""
         start = time.perf_counter()
-        run_stages(entry.loaded, request)
+        try:
+            run_stages(entry.loaded, request)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            if not entry.applied.get("compiled"):
+                raise
+            self._fall_back_to_eager(entry, request, e)
+            run_stages(entry.loaded, request)
         entry.applied["warmup_s"] = round(time.perf_counter() - start, 3)
         self.events.append({"event": "warmup", "key": vars(entry.key), "seconds": entry.applied["warmup_s"]})
 

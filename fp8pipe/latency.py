@@ -33,11 +33,18 @@ QUANTIZER_BYTES = {"eager": 33.0, "compiled": 3.0}
 # Upcast (weight-only) path, per weight element per call: eager q.to(float32) * scale -> 16-bit,
 # then the matmul reads it (1 + 4 + 4 + 4 + 4 + 2 + 2); fused: read 1, write 2, read 2.
 DEQUANT_BYTES = {"eager": 21.0, "compiled": 5.0}
+# Weight-only layers fed a few rows (AdaLN modulation: fp8.FEW_ROWS) cast the weight and scale
+# the output instead (read 1, write 2, the matmul reads 2), eager or compiled alike.
+FEW_ROWS_DEQUANT_BYTES = 5.0
 # Elementwise traffic of one block per token, in 16-bit tensors of the block's width (reads and
 # writes of norms, modulation, GELU, residuals, q/k norms, layout copies). Fitted to the H100
 # runs: compiled BF16 vs the GEMM and attention time leaves ~26 widths; eager ~99 (the eager
 # figure also carries kernel-launch gaps, which behave like traffic at this size).
 ELEMENTWISE_WIDTHS = {"eager": 99.0, "compiled": 26.0}
+# Of those, the q/k RMSNorms of SD3.5 (qk_norm "rms_norm"; SD3 Medium v1 has none). Eager,
+# diffusers' RMSNorm upcasts to float32 and runs ~6 kernels over q and k: ~34 bytes per element,
+# i.e. 17 widths per tensor, 34 for q and k; compiled, one read and one write of each.
+QK_NORM_WIDTHS = {"eager": 34.0, "compiled": 4.0}
 # What a prompt-to-image run spends outside the kernels counted here (scheduler, latents to PIL,
 # Python): from the H100 kiosk runs (click-to-image minus its stages, ~0.05-0.1 s).
 PIPELINE_OVERHEAD_S = 0.05
@@ -146,7 +153,8 @@ def _transformer_call(job: Job, card: Card, eff: Efficiency) -> tuple[float, dic
     linears = max(compute, (weights + io) / bandwidth)
     attention = work.attention_flops * rows / (rate16 * eff.attention)
     tokens = work.image_tokens + work.text_tokens
-    elementwise = rows * tokens * d * value * ELEMENTWISE_WIDTHS[mode] * layers
+    widths = ELEMENTWISE_WIDTHS[mode] - (0.0 if config.get("qk_norm") else QK_NORM_WIDTHS[mode])
+    elementwise = rows * tokens * d * value * widths * layers
     quantizer = rows * work.block_linear_in * QUANTIZER_BYTES[mode] if scaled else 0.0
     # Weight-only layers dequantize once per call: all block linears on the upcast path, and the
     # AdaLN modulation linears (one row each: FP8 compute there cannot be faster) always.
@@ -154,7 +162,7 @@ def _transformer_call(job: Job, card: Card, eff: Efficiency) -> tuple[float, dic
     block_weights = max(0.0, _block_weight_elements(job) - adaln_weights)
     dequant = 0.0
     if fp8_weights:
-        dequant = (adaln_weights + (0.0 if scaled else block_weights)) * DEQUANT_BYTES[mode]
+        dequant = adaln_weights * FEW_ROWS_DEQUANT_BYTES + (0.0 if scaled else block_weights) * DEQUANT_BYTES[mode]
     memory_bound = (elementwise + quantizer + dequant) / bandwidth
     seconds = linears + attention + memory_bound
     terms = {"linears_s": linears, "attention_s": attention, "memory_bound_s": memory_bound, "quantizer_bytes": quantizer, "elementwise_bytes": elementwise}
@@ -228,7 +236,7 @@ def _offload_per_image(job: Job, card: Card, eff: Efficiency) -> float:
 
 def predict(job: Job, card: Card, efficiency: Efficiency | None = None) -> Prediction:
     """The predicted latency of one image on `card`, with its floor, per stage."""
-    eff = efficiency or EFFICIENCY[card.card_class]
+    eff = efficiency or card.efficiency or EFFICIENCY[card.card_class]
     stages = []
     for name, fn in (("encode", _encode), ("offload", _offload_per_image), ("decode", _decode)):
         stages.append((name, fn(job, card, eff), fn(job, card, PEAK)))

@@ -161,6 +161,28 @@ def streamed_block_indices(transformer) -> list[int]:
     return out
 
 
+class StreamCounter:
+    """Bytes the group-offload hooks copy host->device: a streamed block's weights each time it runs."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def count_streamed_bytes(transformer) -> StreamCounter:
+    """A counter fed by a forward pre-hook on every transformer block that carries a group-offload
+    hook (diffusers onloads such a block's weights for each call, so each call is one copy)."""
+    counter = StreamCounter()
+    blocks = transformer.transformer_blocks
+    for i in streamed_block_indices(transformer):
+        size = sum(t.numel() * t.element_size() for t in (*blocks[i].parameters(), *blocks[i].buffers()))
+
+        def count(module, args, size=size) -> None:
+            counter.bytes += size
+
+        blocks[i].register_forward_pre_hook(count)
+    return counter
+
+
 def apply_plan_tiling(loaded, plan: Plan) -> dict:
     """Turn VAE tiling on or off as `plan` says (safe to call again on a warm pipeline)."""
     vae = loaded.pipe.vae

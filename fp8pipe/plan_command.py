@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from .cards import CARDS, find_card
 from .placement import choose_attention
-from .planner import DEFAULT_CARD, free_vram_bytes, host_ram_bytes, plan_placement, planner_table, table_markdown
+from .probe import probed_card
+from .planner import DEFAULT_CARD, free_vram_bytes, host_ram_bytes, plan_as_run, planner_table, table_markdown
 from .sizes import PRECISIONS, T5_PLACEMENTS, GiB, Workload, format_size, parse_size
 from .specs import SPECS
 
@@ -46,7 +47,10 @@ def add_plan_command(subparsers) -> None:
     """`plan`: the plan for a budget, card or preset, or (--table) the planner table as markdown."""
     p = subparsers.add_parser("plan", help="choose a placement and predict its latency for a card or VRAM budget (no GPU needed)")
     p.add_argument("--preset", default=None, help="take model, precision, T5, size, steps and guidance from a preset (e.g. kiosk-8gb)")
-    p.add_argument("--card", default=None, help="predict for a named card (" + ", ".join(CARDS) + "); its VRAM is the budget unless --vram says otherwise")
+    p.add_argument(
+        "--card", default=None,
+        help="predict for a named card (" + ", ".join(CARDS) + "); its VRAM is the budget unless --vram says otherwise (default: this GPU as the start-up probe measures it, cached per device; without a GPU the " + DEFAULT_CARD + ")",
+    )  # fmt: skip
     p.add_argument("--model", default=None, help="a known family: " + ", ".join(SPECS) + " (default sd3.5-large-turbo)")
     p.add_argument("--vram", default=None, help="VRAM budget, e.g. 8GiB, 8GB, 8G, 8192MiB (default: the card's, else the GPU's free memory)")
     p.add_argument("--ram", default=None, help="host RAM budget (default: available RAM)")
@@ -57,7 +61,10 @@ def add_plan_command(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's or the model's)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--guidance", type=float, default=None, help="default: the model's; 1 or less runs one transformer pass per image instead of two")
-    p.add_argument("--compiled", action="store_true", help="predict for torch.compile'd blocks (fused quantizer) instead of eager")
+    p.add_argument(
+        "--compiled", action="store_true",
+        help="predict for an engine that compiles (a preset's compile = true does the same): compiled blocks with the fused FP8 quantizer where the plan keeps the transformer resident, eager otherwise (default: eager)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--table", nargs="?", const="-", default=None, metavar="FILE", help="write the planner table (markdown) to FILE, or print it")
     p.set_defaults(func=cmd_plan)
@@ -65,12 +72,12 @@ def add_plan_command(subparsers) -> None:
 
 def _settings(args) -> dict:
     """Model, precision, T5 and request fields: the command line over the preset over the model's."""
-    out = {"model": "sd3.5-large-turbo", "precision": "fp8", "t5": "auto", "vram": None}
+    out = {"model": "sd3.5-large-turbo", "precision": "fp8", "t5": "auto", "vram": None, "compile": False}
     if args.preset:
         from .presets import load_preset
 
         preset = load_preset(args.preset)
-        out.update(model=preset.model, precision=preset.precision, t5=preset.t5, vram=preset.vram)
+        out.update(model=preset.model, precision=preset.precision, t5=preset.t5, vram=preset.vram, compile=preset.compile)
         out.update({k: getattr(preset, k) for k in ("steps", "guidance", "width", "height") if getattr(preset, k) is not None})
     for key in ("model", "precision", "t5", "vram", "steps", "guidance", "width", "height"):
         if getattr(args, key, None) is not None:
@@ -100,20 +107,20 @@ def cmd_plan(args) -> int:
     if spec is None:
         raise RequestError("model", f"must be one of {', '.join(SPECS)} (or an alias); got {settings['model']!r}")
     try:
-        card = find_card(args.card) if args.card else None
+        card = find_card(args.card) if args.card else probed_card()  # no --card: this GPU as probed (None without one)
     except ValueError as e:
         raise RequestError("card", str(e).removeprefix("card ")) from None
     request = GenerationRequest.create(
         spec, prompt="plan", guidance=settings.get("guidance"), seed=0, width=settings.get("width"), height=settings.get("height"), batch=args.batch, steps=settings.get("steps")
     )
     vram_text = args.vram or (None if card else settings["vram"])
-    vram = parse_size(vram_text) if vram_text else int(card.vram_gib * GiB) if card else free_vram_bytes()
+    vram = parse_size(vram_text) if vram_text else int(card.vram_gib * GiB) if args.card else free_vram_bytes()
     if vram is None:
         raise RequestError("vram", "no GPU here to measure: pass a budget such as --vram 8GiB, or --card NAME")
     host = parse_size(args.ram) if args.ram else host_ram_bytes()
     work = Workload(request.width, request.height, request.batch, request.guidance > 1.0, request.steps)  # the pipeline guides above 1
-    execution = "compiled" if args.compiled else "eager"
-    plan = plan_placement(spec, vram, host, work, settings["precision"], choose_attention("cuda", 16), settings["t5"], card, execution)
+    plan = plan_as_run(spec, vram, host, work, settings["precision"], choose_attention("cuda", 16), settings["t5"], card, args.compiled or settings["compile"])
+    execution = plan.execution
     if args.json:
         d = plan.as_dict()
         print(json.dumps({k: d[k] for k in PLAN_KEYS}))

@@ -350,6 +350,20 @@ def plan_placement(
     return replace(last, reasons=(short, *last.reasons), candidates=summary)
 
 
+def plan_as_run(
+    spec: ModelSpec, vram_budget: int, host_budget: int, work: Workload, precision: str = "fp8", attention: str = "sdpa",
+    t5_policy: str = "auto", card: Card | None = None, compile: bool = False,
+) -> Plan:  # fmt: skip
+    """The plan the engine runs: with `compile`, compiled execution (compiled blocks, the FP8
+    quantizer fused) where the chosen plan keeps the transformer resident, the only placement the
+    engine compiles; eager otherwise, so the prediction is for the path that really runs."""
+    if compile:
+        plan = plan_placement(spec, vram_budget, host_budget, work, precision, attention, t5_policy, card, "compiled")
+        if plan.placement == "resident":
+            return plan
+    return plan_placement(spec, vram_budget, host_budget, work, precision, attention, t5_policy, card, "eager")
+
+
 def _why(ladder: list[Plan], chosen: Plan) -> list[str]:
     budget = format_size(int(chosen.vram_budget_bytes * (1 - SAFETY_FRACTION)))
     lines = []
@@ -370,14 +384,20 @@ def _name(p: Plan) -> str:
     return f"{p.placement}{blocks} with T5 {p.t5}"
 
 
-def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None) -> Plan | None:
+def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None, card: Card | None = None) -> Plan | None:
     """What an out-of-memory steps down to: the fastest fitting plan predicting less VRAM than
-    `plan`, else the one needing the least; None when nothing needs less."""
+    `plan`, else the one needing the least; None when nothing needs less. `card`: the card the
+    plan was predicted for when it is not a named one (a probed GPU)."""
     from .cards import find_card
 
     work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps)
-    card = find_card(plan.card) if plan.card else None
-    ladder = plan_ladder(spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention, plan.t5_policy, card, plan.execution)
+    if card is None and plan.card in CARDS:
+        card = find_card(plan.card)
+    args = (spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention, plan.t5_policy, card)
+    ladder = plan_ladder(*args, "eager")
+    if plan.execution == "compiled":  # the engine compiles resident transformers only (plan_as_run)
+        compiled = {(p.placement, p.t5, p.vae_tiling): p for p in plan_ladder(*args, "compiled") if p.placement == "resident"}
+        ladder = [compiled.get((p.placement, p.t5, p.vae_tiling), p) for p in ladder]
     below = [p for p in ladder if p.predicted_peak_vram_bytes < plan.predicted_peak_vram_bytes]
     if not below:
         return None

@@ -19,6 +19,9 @@ Stats schema (`STATS_KEYS`, every key always present; None where it does not app
   decode_fallback  "tiled" when the decode was retried tiled after an out-of-memory, else None
   steps, seed, width, height, batch   what ran
   model, precision, fp8_path, device, attention, random_weights   what it ran on
+  fp8_layer_paths  how many FP8 layers ran each path (scaled_mm, upcast, of which AdaLN weight-only)
+  h2d_streamed_bytes   bytes the offload hooks copied host->device for this request (streamed
+                   transformer blocks, counted each time one ran); 0 when everything is resident
   plan             placement, t5, vae_tiling, attention, predicted peaks, fits, level
   fallback         the out-of-memory step-down taken for this request, or None
   peak_memory_bytes, peak_memory_kind, peak_vram_bytes   measured peak
@@ -54,6 +57,7 @@ STATS_KEYS = (
     "model",
     "precision",
     "fp8_path",
+    "fp8_layer_paths",
     "device",
     "attention",
     "random_weights",
@@ -62,6 +66,7 @@ STATS_KEYS = (
     "peak_memory_bytes",
     "peak_memory_kind",
     "peak_vram_bytes",
+    "h2d_streamed_bytes",
     "parameters",
     "warning",
     "image_filter_s",

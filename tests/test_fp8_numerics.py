@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from fp8pipe import fp8
 from fp8pipe.fp8 import (
     FP8_DTYPE,
     FP8_MAX,
@@ -164,7 +165,26 @@ def test_a_layer_without_bias_has_none_and_runs():
     layer = _layer("upcast", torch.randn(16, 32, generator=_generator(10)), None)
     assert layer.bias is None
     x = torch.randn(2, 32, generator=_generator(11))
-    assert torch.equal(layer(x), x @ dequantize_rowwise(layer.weight, layer.scale, torch.float32).T)
+    # Two rows take the few-rows path (scale after the matmul): equal up to float32 rounding.
+    torch.testing.assert_close(layer(x), x @ dequantize_rowwise(layer.weight, layer.scale, torch.float32).T, rtol=1e-5, atol=1e-5)
+
+
+def test_few_rows_apply_the_scale_after_the_matmul_and_many_rows_dequantize_first():
+    layer = _layer("upcast", torch.randn(16, 32, generator=_generator(12)), torch.randn(16, generator=_generator(13)))
+    reference = lambda x: x.double() @ dequantize_rowwise(layer.weight, layer.scale, torch.float64).T + layer.bias.double()  # noqa: E731
+    few = torch.randn(2, 32, generator=_generator(14))
+    many = torch.randn(fp8.FEW_ROWS + 1, 32, generator=_generator(15))
+    assert torch.equal(layer(many), many @ dequantize_rowwise(layer.weight, layer.scale, torch.float32).T + layer.bias)
+    assert (layer(few).double() - reference(few)).abs().max() < 1e-5
+
+
+def test_few_rows_in_fp16_do_not_overflow_before_the_scale():
+    # E4M3 values reach 448: 448 x 200 x 32 inputs passes fp16's 65504 unless the product runs wider.
+    layer = _layer("upcast", torch.full((16, 32), 1e-3), None)
+    x = torch.full((1, 32), 200.0, dtype=torch.float16)
+    y = layer(x)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert torch.allclose(y.float(), torch.full((1, 16), 32 * 200 * 1e-3), rtol=2**-7)
 
 
 def test_fp8_report_counts_fp8_weight_bytes_and_everything_else_separately():
@@ -275,7 +295,8 @@ def test_the_scaled_mm_path_rounds_activations_to_e4m3_and_the_upcast_path_does_
     x = torch.randn(3, 32, generator=_generator(13))
     b = torch.randn(16, generator=_generator(14))
     weight = dequantize_rowwise(*quantize_rowwise(w), torch.float32)
-    assert torch.equal(_layer("upcast", w, b)(x), torch.nn.functional.linear(x, weight, b))
+    # three rows: the few-rows upcast (scale after the matmul), equal up to float32 rounding
+    torch.testing.assert_close(_layer("upcast", w, b)(x), torch.nn.functional.linear(x, weight, b), rtol=1e-5, atol=1e-5)
     xs = x.abs().amax(dim=1, keepdim=True) / FP8_MAX
     x_rounded = (x / xs).to(FP8_DTYPE).float() * xs
     expected = x_rounded.double() @ weight.double().T + b.double()

@@ -236,3 +236,30 @@ def test_random_full_size_medium_through_the_engine_reports_the_plan_it_ran():
     # The planner's predicted peak must cover what the generation actually allocated.
     assert result.stats["peak_vram_bytes"] <= plan["predicted_peak_vram_bytes"]
     assert dataclasses.is_dataclass(result) and result.image.size == (1024, 1024)
+
+
+def test_a_compiling_engine_runs_the_compiled_resident_plan_it_predicted():
+    from fp8pipe.engine import Engine
+    from fp8pipe.randomload import random_loader
+
+    with Engine(device="cuda", vram_budget="8GiB", loader=random_loader, t5="drop", warmup=True, compile=True) as engine:
+        engine.start(models=[("sd3.5-medium-turbo", "fp8")], request_fields={"steps": 2, "width": 512, "height": 512})
+        request = engine.request("sd3.5-medium-turbo", prompt="a castle", seed=0, steps=2, width=512, height=512)
+        result = engine.generate(request, "sd3.5-medium-turbo", "fp8")
+        entry = next(iter(engine._pool.values()))
+    plan = result.stats["plan"]
+    assert engine.compile_error is None, engine.compile_error
+    assert (plan["placement"], plan["execution"], entry.applied["compiled"]) == ("resident", "compiled", "blocks")
+    assert result.stats["h2d_streamed_bytes"] == 0 and result.stats["peak_vram_bytes"] <= plan["predicted_peak_vram_bytes"]
+
+
+def test_a_partially_resident_engine_counts_the_bytes_it_streams():
+    from fp8pipe.engine import Engine
+    from fp8pipe.randomload import random_loader
+
+    with Engine(device="cuda", vram_budget="8GiB", loader=random_loader, t5="drop", warmup=False) as engine:
+        request = engine.request("sd3.5-large-turbo", prompt="a castle", seed=0, steps=2, width=512, height=512)
+        result = engine.generate(request, "sd3.5-large-turbo", "fp8")
+    plan = result.stats["plan"]
+    assert plan["placement"] in ("partial", "group_offload")
+    assert result.stats["h2d_streamed_bytes"] == 2 * plan["streamed_bytes_per_step"]

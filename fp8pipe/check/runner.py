@@ -193,6 +193,7 @@ def add_check_command(subparsers) -> None:
     c.add_argument("--vram-cap", default="8GiB", help="VRAM cap for the capped bench rows, the kiosk, and the soak: an 8 GB card (default 8GiB)")
     c.add_argument("--archs", default="medium,large,large-turbo", help="bench architectures (default medium,large,large-turbo)")
     c.add_argument("--resolution", type=int, default=1024, help="bench resolution in px (default 1024)")
+    c.add_argument("--kiosk-preset", default="kiosk-8gb", help="the preset the kiosk stage serves (default kiosk-8gb; kiosk-medium-8gb is the compiled Medium Turbo kiosk)")
     c.add_argument("--soak-requests", type=int, default=200, help="requests in the soak (default 200)")
     c.add_argument("--limit-s", type=float, default=STAGE_LIMIT_S, help=f"wall-clock limit per stage in seconds (default {STAGE_LIMIT_S})")
     c.add_argument("--total-s", type=float, default=None, help="wall-clock budget for the whole check, shared among the stages by their usual length (e.g. 540 for one 10-minute device call; default: none, each stage gets --limit-s)")
@@ -204,7 +205,7 @@ def add_check_command(subparsers) -> None:
 
 def command_line(args) -> str:
     parts = ["python -m fp8pipe check", f"--stages {args.stages}", f"--out {shlex.quote(args.out)}", f"--vram-cap {args.vram_cap}"]
-    parts += [f"--archs {args.archs}", f"--resolution {args.resolution}", f"--soak-requests {args.soak_requests}", f"--limit-s {args.limit_s:g}"]
+    parts += [f"--archs {args.archs}", f"--resolution {args.resolution}", f"--kiosk-preset {args.kiosk_preset}", f"--soak-requests {args.soak_requests}", f"--limit-s {args.limit_s:g}"]
     parts += [f"--total-s {args.total_s:g}"] if args.total_s is not None else []
     return " ".join(parts + (["--quick"] if args.quick else []))
 
@@ -231,6 +232,7 @@ def cmd_check(args) -> int:
         "archs": [a.strip() for a in args.archs.split(",") if a.strip()],
         "resolution": args.resolution,
         "soak_requests": args.soak_requests,
+        "kiosk_preset": args.kiosk_preset,
         "quick": args.quick,
         "budget_s": args.limit_s - 30,  # a stage stops starting new work this long before its limit
     }

@@ -80,55 +80,11 @@ def _junit_cases(path: Path) -> list[dict]:
 # ---- 2. probe ----------------------------------------------------------------------------------
 
 
-def _time_cuda(fn, repeats: int) -> float:
-    """Median seconds of `fn` over `repeats` runs, timed with CUDA events after a warm-up."""
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
-
-
-def probe_device(size: int = 8192, copy_bytes: int = GIB) -> dict:
-    """Matmul rates (bf16, FP8 row-wise scaled_mm), device copy and host<->device bandwidths."""
-    import torch
-
-    from ..fp8 import FP8_DTYPE
-
-    dev = torch.device("cuda")
-    gen = torch.Generator(dev).manual_seed(0)
-    a = torch.randn(size, size, device=dev, dtype=torch.bfloat16, generator=gen)
-    b = torch.randn(size, size, device=dev, dtype=torch.bfloat16, generator=gen)
-    flops = 2 * size**3
-    rates = {"bf16_matmul_tflops": flops / _time_cuda(lambda: a @ b, 10) / 1e12}
-    a8, b8 = a.to(FP8_DTYPE), b.to(FP8_DTYPE)
-    sa = torch.ones(size, 1, device=dev, dtype=torch.float32)
-    sb = torch.ones(1, size, device=dev, dtype=torch.float32)
-    rates["fp8_rowwise_scaled_mm_tflops"] = flops / _time_cuda(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), 10) / 1e12
-    del a, b, a8, b8
-    src = torch.empty(copy_bytes, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
-    rates["device_copy_gbps"] = 2 * copy_bytes / _time_cuda(lambda: dst.copy_(src), 10) / 1e9  # bytes read + written
-    pinned = torch.empty(copy_bytes, dtype=torch.uint8).pin_memory()
-    pageable = torch.empty(copy_bytes, dtype=torch.uint8)
-    rates["h2d_pinned_gbps"] = copy_bytes / _time_cuda(lambda: dst.copy_(pinned, non_blocking=True), 5) / 1e9
-    rates["h2d_pageable_gbps"] = copy_bytes / _time_cuda(lambda: dst.copy_(pageable), 3) / 1e9
-    rates["d2h_pinned_gbps"] = copy_bytes / _time_cuda(lambda: pinned.copy_(dst, non_blocking=True), 5) / 1e9
-    del src, dst, pinned, pageable
-    torch.cuda.empty_cache()
-    return {k: round(v, 2) for k, v in rates.items()}
-
-
 def stage_probe(options: dict) -> dict:
-    rates = probe_device(4096 if options.get("quick") else 8192)
+    """The start-up probe (fp8pipe/probe.py) at larger sizes: matmul rates, copy and PCIe bandwidths."""
+    from ..probe import probe_device
+
+    rates = probe_device(4096 if options.get("quick") else 8192, GIB)
     summary = [f"- {k}: {v}" for k, v in rates.items()]
     return {"status": "ok", "summary": summary, "data": rates, "markdown": _table(["measure", "value"], [[k, v] for k, v in rates.items()])}
 
@@ -184,11 +140,11 @@ def _log(message: str) -> None:
 # ---- the service path (kiosk, planner, soak) ---------------------------------------------------
 
 
-def _engine(budget: int, t5: str, warmup: bool = True):
+def _engine(budget: int, t5: str, warmup: bool = True, compile: bool = False):
     from ..engine import Engine
     from ..randomload import random_loader
 
-    return Engine(device="cuda", vram_budget=budget, loader=random_loader, t5=t5, warmup=warmup)
+    return Engine(device="cuda", vram_budget=budget, loader=random_loader, t5=t5, warmup=warmup, compile=compile)
 
 
 def _cap(budget: int | None) -> dict:
@@ -224,15 +180,6 @@ def _memory() -> dict:
     return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}
 
 
-def _streamed_bytes_per_pass(engine, model: str) -> int:
-    """Bytes a group-offloaded transformer copies host->device per pass: its blocks' weights."""
-    entry = next((e for e in engine._pool.values() if e.key.model == model), None)
-    if entry is None or entry.plan.placement not in ("group_offload", "sequential"):
-        return 0
-    blocks = entry.loaded.pipe.transformer.transformer_blocks
-    return sum(t.numel() * t.element_size() for t in blocks.parameters())
-
-
 def stage_kiosk(options: dict) -> dict:
     """The kiosk preset under the cap: start-up (load + warm-up), the first click (cold) and
     warm clicks at the preset's size and at 1024/768/512 px, with the plan's predictions. The
@@ -243,10 +190,10 @@ def stage_kiosk(options: dict) -> dict:
 
     quick = options.get("quick", False)
     deadline = _deadline(options)
-    preset = load_preset("kiosk-8gb")
+    preset = load_preset(options.get("kiosk_preset", "kiosk-8gb"))
     cap = options.get("vram_cap")
     cap_note = _cap(cap)
-    engine = _engine(cap, preset.t5)
+    engine = _engine(cap, preset.t5, compile=preset.compile)
     spec = engine.spec_for(preset.model)
     start = time.perf_counter()
     engine.start(models=[(preset.model, preset.precision)], request_fields=preset.defaults_for(spec))
@@ -260,7 +207,6 @@ def stage_kiosk(options: dict) -> dict:
                 if time.perf_counter() > deadline:
                     break
                 seconds, stats = click(engine, preset, spec, PROMPTS[i % len(PROMPTS)], seed=i, width=size, height=size)
-                passes = 1 if stats.get("guidance", 0) <= 1 else 2
                 rows.append(
                     {
                         "size": size,
@@ -273,14 +219,15 @@ def stage_kiosk(options: dict) -> dict:
                         "peak_vram_bytes": stats.get("peak_vram_bytes"),
                         "plan": stats.get("plan"),
                         "fallback": stats.get("fallback"),
-                        "h2d_bytes_per_step": _streamed_bytes_per_pass(engine, preset.model) * passes,
+                        "h2d_bytes_per_step": (stats.get("h2d_streamed_bytes") or 0) // stats["steps"],  # the engine's count
                     }
                 )
     finally:
         pool = engine.describe()["pool"]
         engine.close()
     h100_capped = dataclasses.replace(CARDS["H100 SXM"], name=f"H100 SXM capped to {_gib(cap)} GiB", vram_gib=(cap or 0) / GIB)
-    predicted = {s: project(spec, h100_capped, preset.precision, s, 4, 0.0, preset.t5) for s in sizes}
+    fields = preset.defaults_for(spec)
+    predicted = {s: project(spec, h100_capped, preset.precision, s, fields["steps"], fields["guidance"], preset.t5) for s in sizes}
     table = []
     for r in rows:
         p = predicted[r["size"]]
