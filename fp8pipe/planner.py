@@ -78,6 +78,7 @@ class Plan:
     fp8_layer_paths: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
     candidates: tuple = ()  # the chosen plan only: the best of each placement, for `plan --json`
+    lora_bytes: int = 0  # runtime LoRA weights counted with the blocks (0: none, or merged)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -95,13 +96,26 @@ def _t5_host_bytes(sizes: ComponentSizes, t5: str) -> int:
     return sizes.t5_16bit if t5 == "cpu" else 0
 
 
+def with_lora(sizes: ComponentSizes, lora_bytes: int) -> ComponentSizes:
+    """`sizes` with runtime LoRA weights spread evenly over the transformer blocks: they stay on the
+    GPU with a resident block and stream with an offloaded one, as the runtime hooks move them."""
+    if not lora_bytes or not sizes.transformer_block_bytes:
+        return sizes
+    per_block = lora_bytes // len(sizes.transformer_block_bytes)
+    blocks = tuple(b + per_block for b in sizes.transformer_block_bytes)
+    added = per_block * len(blocks)
+    return replace(sizes, transformer=sizes.transformer + added, transformer_blocks=sizes.transformer_blocks + added,
+                   transformer_max_block=max(blocks), transformer_block_bytes=blocks)
+
+
 def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Workload, tiled: bool, attention: str, resident_blocks: int | None = None) -> dict:
     """Predicted peak VRAM and host RAM of one placement, with the terms that make them.
 
     `resident_blocks` (partial and group_offload): how many of the first transformer blocks stay
     on the GPU; the others stream, two in flight (the running one and the prefetched next).
+    Runtime LoRA weights (`work.lora_bytes`) count with the blocks (see with_lora).
     """
-    sizes = component_sizes(spec.name, precision)
+    sizes = with_lora(component_sizes(spec.name, precision), work.lora_bytes)
     denoise = denoise_activation_bytes(spec, work, precision, attention)
     decode = vae_decode_bytes(spec, work, tiled)
     encode = text_encode_bytes(spec, work)
@@ -149,12 +163,13 @@ def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Work
         "cuda_runtime": CUDA_RUNTIME_BYTES,
         "host_runtime": HOST_RUNTIME_BYTES,
         "host_weights": host_weights + _t5_host_bytes(sizes, t5),
+        "lora_runtime": work.lora_bytes,
     }
 
 
 def latency_job(spec: ModelSpec, precision: str, placement: str, t5: str, work: Workload, tiled: bool, resident_blocks: int | None, execution: str) -> latency.Job:
     """The latency model's view of one candidate: the counted sizes, as numbers."""
-    sizes = component_sizes(spec.name, precision)
+    sizes = with_lora(component_sizes(spec.name, precision), work.lora_bytes)
     return latency.Job(
         spec=spec,
         width=work.width,
@@ -260,6 +275,7 @@ def plan_ladder(
                 streamed_bytes_per_step=pred.streamed_bytes_per_step,
                 fp8_layer_paths=fp8_layer_paths(spec, precision, card) if precision == "fp8" else {},
                 stages={s.name: {"predicted_s": s.seconds, "floor_s": s.floor_seconds} for s in pred.stages},
+                lora_bytes=work.lora_bytes,
             )
         )
     # Partial residency that needs as much VRAM as keeping everything resident (the blocks in
@@ -375,7 +391,7 @@ def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None) -> Plan
     `plan`, else the one needing the least; None when nothing needs less."""
     from .cards import find_card
 
-    work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps)
+    work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps, plan.lora_bytes)
     card = find_card(plan.card) if plan.card else None
     ladder = plan_ladder(spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention, plan.t5_policy, card, plan.execution)
     below = [p for p in ladder if p.predicted_peak_vram_bytes < plan.predicted_peak_vram_bytes]
@@ -383,6 +399,34 @@ def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None) -> Plan
         return None
     chosen = choose(below) or below[-1]
     return replace(chosen, reasons=(f"stepped down from {_name(plan)} after running out of memory", *chosen.reasons))
+
+
+# ---- LoRA mode ------------------------------------------------------------------------
+
+
+def choose_lora_mode(requested: str, per_request: bool, runtime: Plan | None = None, merged: Plan | None = None) -> tuple[str, str]:
+    """(mode, why) for LoRAs on a plan. `runtime` is the plan with the runtime LoRA weights
+    counted, `merged` the one without (None: not planned). Asked for runtime or merge: that.
+    auto: LoRAs fixed for the server's life (a preset's, --lora) are merged once at load, which
+    costs nothing per step and no VRAM beside the weights; LoRAs chosen per request run in
+    runtime mode, which switches with no pass over the weights, unless their weights do not fit
+    beside the plan or would push it to another placement (more offload, T5 moved): then merge,
+    re-done whenever the LoRAs change."""
+    if requested in ("runtime", "merge"):
+        return requested, f"LoRA mode {requested}: as asked"
+    if requested != "auto":
+        raise ValueError(f"lora mode: must be auto, runtime or merge; got {requested!r}")
+    if not per_request:
+        return "merge", "LoRA mode merge: the LoRAs are fixed, merged into the weights once (no cost per step)"
+    if runtime is None or merged is None:
+        return "runtime", "LoRA mode runtime: LoRAs change per request (not planned: sizes unknown)"
+    size = format_size(runtime.lora_bytes)
+    if not runtime.fits:
+        return "merge", f"LoRA mode merge: runtime LoRA weights ({size}) do not fit beside {_name(merged)}"
+    if (runtime.placement, runtime.resident_blocks, runtime.t5) != (merged.placement, merged.resident_blocks, merged.t5):
+        return "merge", (f"LoRA mode merge: runtime LoRA weights ({size}) would move the plan from {_name(merged)} "
+                         f"to {_name(runtime)} (predicted {merged.predicted_latency_s:.2f} s -> {runtime.predicted_latency_s:.2f} s)")
+    return "runtime", f"LoRA mode runtime: LoRAs change per request; their weights ({size}) fit beside {_name(runtime)}"
 
 
 # ---- budgets --------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class Workload:
     batch: int = 1
     guidance: bool = True
     steps: int | None = None  # None: the model's default (the latency of a plan depends on it)
+    lora_bytes: int = 0  # runtime LoRA A/B weights (16-bit): they ride with the transformer blocks they change
 
     @property
     def passes(self) -> int:
