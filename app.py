@@ -556,7 +556,8 @@ def _add_api(app: App) -> None:
 
         engine = app.engine.describe()  # its pool names models as loaded: a folder's path, never shown
         engine["pool"] = [{**entry, "model": model_display_name(entry["model"])} for entry in engine.get("pool", [])]
-        return {"model": model_display_name(app.model), "preset": app.preset.name, "kiosk": app.kiosk, "engine": engine}
+        loras = app.lora_library.names() if app.lora_library is not None else []  # what /generate's loras may name
+        return {"model": model_display_name(app.model), "preset": app.preset.name, "kiosk": app.kiosk, "engine": engine, "loras": loras}
 
     b_button.click(describe, None, a_info, api_name="describe", queue=False)
 

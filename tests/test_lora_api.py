@@ -52,6 +52,7 @@ def lora_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_app(lora_folder):
     url, demo, state = start_app(["--lora-dir", str(lora_folder), "--lora-budget", "32KiB", "--no-warmup"])
+    state.demo = demo
     yield url, state
     demo.close()
     state.engine.close()
@@ -80,8 +81,9 @@ def test_a_request_names_loras_from_the_folder_and_runtime_mode_switches_them_wi
     assert form_fields(parameters)["loras"] == [("style_a", 0.5)]
 
 
-def test_a_symlink_out_of_the_folder_is_not_offered(lora_app):
-    assert "link_out" not in lora_app[1].lora_library.names() and "style_a" in lora_app[1].lora_library.names()
+def test_describe_lists_the_loras_a_request_may_name_and_never_a_link_out_of_the_folder(lora_app):
+    names = Client(lora_app[0], verbose=False).predict(api_name="/describe")["loras"]
+    assert names == ["big", "extra_c", "extra_d", "extra_e", "other_family", "sdxl_style", "style_a", "style_b"]
 
 
 @pytest.mark.parametrize(
@@ -120,3 +122,37 @@ def test_a_kiosk_takes_no_loras_per_request(kiosk_app):
         Client(url, verbose=False).predict(prompt="a red ball", loras=[{"name": "style_a"}], api_name="/generate")
     image, _ = Client(url, verbose=False).predict(prompt="a red ball", steps=1, api_name="/generate")
     assert Image.open(image).format == "PNG"
+
+
+def _event(demo, name):
+    return next(d.fn for d in demo.fns.values() if d.name == name)
+
+
+def test_the_advanced_page_lists_the_folder_and_its_slots_become_the_request(lora_app, lora_folder):
+    """The LoRA panel's dropdowns offer the folder's files; the Generate event sends the slots'
+    choices as the request's loras (called as Gradio calls it); Rescan sees a new file."""
+    url, state = lora_app
+    demo = state.demo
+    dropdowns = [b for b in demo.blocks.values() if getattr(b, "elem_id", "") and b.elem_id.startswith("lora-name-")]
+    assert len(dropdowns) == 4
+    assert [c[0] for c in dropdowns[0].choices] == ["(none)", "big", "extra_c", "extra_d", "extra_e", "other_family", "sdxl_style", "style_a", "style_b"]
+    run = _event(demo, "run")
+    slots = ["style_a", 0.5, "(none)", 1.0, "(none)", 1.0, "(none)", 1.0]
+    *_, last = run("a red star", "", "demo", "fp8", "auto", False, 1, 4.5, 64, 64, 5, False, 1, 3.0, [], None, *slots)
+    stats = last[2][0]
+    assert stats["lora_mode"] == "runtime" and [(x["name"], x["strength"]) for x in stats["loras"]] == [("style_a", 0.5)]
+    assert "<lora:style_a:0.5>" in stats["parameters"].splitlines()[0]
+    kohya_lora(lora_folder / "new_one.safetensors")
+    try:
+        updates = _event(demo, "refresh")()
+        assert "new_one" in [c if isinstance(c, str) else c[0] for c in updates[1]["choices"]]
+    finally:
+        (lora_folder / "new_one.safetensors").unlink()
+
+
+def test_a_dropped_png_fills_the_lora_slots(lora_app):
+    url, state = lora_app
+    image = Image.new("RGB", (8, 8))
+    image.info["parameters"] = 'a red star <lora:style_b:0.75>\nSteps: 2, Seed: 1, Lora hashes: "style_b: 0123456789"'
+    values = _event(state.demo, "read_parameters")(image)
+    assert values[0] == "a red star" and [v["value"] for v in values[7:11]] == ["style_b", 0.75, "(none)", 1.0]

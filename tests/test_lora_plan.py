@@ -1,0 +1,132 @@
+"""The planner counts runtime LoRA bytes with the transformer blocks and picks the LoRA mode;
+the engine runs the mode it picked and says so; runtime LoRAs compose with block offload."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fp8pipe.lora_library import LoraLibrary, human_bytes, runtime_bytes
+from fp8pipe.planner import choose_lora_mode, plan_placement, predict, with_lora
+from fp8pipe.sizes import GiB, MiB, Workload, component_sizes
+from fp8pipe.specs import SPECS
+
+LARGE = SPECS["sd3.5-large"]
+WORK = Workload(1024, 1024, 1, True)
+LORA = 512 * MiB
+
+
+def test_runtime_lora_bytes_are_spread_over_the_blocks():
+    sizes = component_sizes(LARGE.name, "fp8")
+    more = with_lora(sizes, LORA)
+    per_block = LORA // len(sizes.transformer_block_bytes)
+    assert [b - a for a, b in zip(sizes.transformer_block_bytes, more.transformer_block_bytes)] == [per_block] * len(sizes.transformer_block_bytes)
+    assert more.transformer - sizes.transformer == per_block * len(sizes.transformer_block_bytes)
+
+
+def test_resident_lora_weights_stay_on_the_gpu_and_streamed_ones_travel_with_their_block():
+    lora_work = replace(WORK, lora_bytes=LORA)
+    blocks = len(component_sizes(LARGE.name, "fp8").transformer_block_bytes)
+    resident = predict(LARGE, "fp8", "resident", "drop", lora_work, False, "sdpa")["vram"] - predict(LARGE, "fp8", "resident", "drop", WORK, False, "sdpa")["vram"]
+    assert resident == LORA // blocks * blocks
+    streamed = predict(LARGE, "fp8", "group_offload", "drop", lora_work, False, "sdpa", 0)
+    plain = predict(LARGE, "fp8", "group_offload", "drop", WORK, False, "sdpa", 0)
+    assert streamed["host_weights"] - plain["host_weights"] == LORA // blocks * blocks  # their home is the host, with their block
+    assert streamed["vram"] - plain["vram"] == 2 * (LORA // blocks)  # only the two blocks in flight carry theirs on the GPU
+    assert streamed["lora_runtime"] == LORA
+
+
+def test_asked_modes_are_kept():
+    assert choose_lora_mode("merge", True)[0] == "merge" and choose_lora_mode("runtime", False)[0] == "runtime"
+
+
+def test_fixed_loras_are_merged_once():
+    mode, why = choose_lora_mode("auto", per_request=False)
+    assert mode == "merge" and "fixed" in why
+
+
+def test_per_request_loras_run_in_runtime_mode_when_their_weights_fit_beside_the_same_plan():
+    merged = plan_placement(LARGE, 80 * GiB, 64 * GiB, WORK)
+    runtime = plan_placement(LARGE, 80 * GiB, 64 * GiB, replace(WORK, lora_bytes=LORA))
+    assert (runtime.placement, runtime.t5) == (merged.placement, merged.t5) and runtime.lora_bytes == LORA
+    assert choose_lora_mode("auto", True, runtime, merged)[0] == "runtime"
+
+
+def test_per_request_loras_are_merged_when_their_weights_would_move_the_plan():
+    merged = plan_placement(LARGE, 8 * GiB, 64 * GiB, WORK)
+    runtime = plan_placement(LARGE, 8 * GiB, 64 * GiB, replace(WORK, lora_bytes=2 * GiB))
+    assert (runtime.placement, runtime.resident_blocks) != (merged.placement, merged.resident_blocks)  # 2 GiB more to place on an 8 GiB card
+    mode, why = choose_lora_mode("auto", True, runtime, merged)
+    assert mode == "merge" and why.startswith("LoRA mode merge: runtime LoRA weights (2.00 GiB) would move the plan from partial")
+
+
+def test_per_request_loras_that_do_not_fit_at_all_are_merged():
+    merged = plan_placement(LARGE, 80 * GiB, 64 * GiB, WORK)
+    assert choose_lora_mode("auto", True, replace(merged, fits=False, lora_bytes=LORA), merged)[0] == "merge"
+
+
+def test_a_bad_mode_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="lora mode: must be auto, runtime or merge; got 'fast'"):
+        choose_lora_mode("fast", True)
+
+
+def test_runtime_bytes_come_from_the_header_alone(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file({"a.lora_down.weight": torch.zeros(4, 100), "a.lora_up.weight": torch.zeros(300, 4), "a.alpha": torch.tensor(4.0)}, str(path))
+    assert runtime_bytes(path) == (400 + 1200) * 2 and human_bytes(runtime_bytes(path)) == "3.125 KiB"
+    (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 7)
+    assert runtime_bytes(tmp_path / "broken.safetensors") == 0
+
+
+def _lora(path, width=256, mlp=1024, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, (out, inp) in {"joint_blocks_0_x_block_attn_qkv": (3 * width, width), "joint_blocks_1_x_block_mlp_fc2": (width, mlp)}.items():
+        state[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, inp, generator=g) * 0.3
+        state[f"lora_unet_{name}.lora_up.weight"] = torch.randn(out, 4, generator=g) * 0.3
+    save_file(state, str(path))
+    return path
+
+
+@pytest.mark.parametrize("folder, fixed, expected", [(True, False, "runtime"), (False, True, "merge")])
+def test_the_engine_runs_the_mode_the_planner_picked_and_says_why(tiny_pipeline_dir, tmp_path, folder, fixed, expected):
+    from fp8pipe.engine import Engine
+    from fp8pipe.lora import LoraSpec
+
+    _lora(tmp_path / "style.safetensors")
+    library = LoraLibrary.at(tmp_path) if folder else None
+    loras = [LoraSpec(str(tmp_path / "style.safetensors"), 0.5)] if fixed else []
+    model = str(tiny_pipeline_dir)
+    with Engine(device="cpu", warmup=False, loras=loras, lora_mode="auto", lora_library=library) as engine:
+        engine.start([(model, "fp8")])
+        request = engine.request(model, prompt="a red circle", steps=1, width=64, height=64, seed=1,
+                                 loras=[{"name": "style"}] if folder else None, lora_choices=library.names() if folder else None)
+        result = engine.generate(request, model=model)
+    assert result.stats["lora_mode"] == expected and result.stats["loras"][0]["name"] == "style"
+    event = next(e for e in engine.events if e["event"] == "lora_mode")
+    assert event["mode"] == expected and event["why"].startswith(f"LoRA mode {expected}")
+
+
+def test_runtime_loras_give_the_same_image_under_block_offload(tmp_path):
+    """The LoRA hooks run after diffusers' group-offload hooks, on whatever device the block ran
+    (here the CPU for both: this checks that they compose, not the transfer)."""
+    from fp8pipe.generation import generate
+    from fp8pipe.loader import LoadOptions, load_model
+    from fp8pipe.lora import LoraSet, LoraSpec
+    from fp8pipe.requests import GenerationRequest
+
+    path = _lora(tmp_path / "style.safetensors", width=128, mlp=512)
+    images = []
+    for offload in (False, True):
+        loaded = load_model("demo", LoadOptions(device="cpu"))
+        if offload:
+            cpu = torch.device("cpu")
+            loaded.pipe.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=1)
+        LoraSet(loaded.pipe).apply([LoraSpec(str(path))], "runtime")
+        request = GenerationRequest.create(loaded.spec, prompt="a red circle", seed=3, steps=2, width=64, height=64)
+        images.append(np.asarray(generate(loaded, request).image))
+    assert np.array_equal(images[0], images[1])
