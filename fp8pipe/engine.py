@@ -513,8 +513,13 @@ class Engine:
             reserve = self.lora_reserve_bytes()
             runtime = merged = None
             if self.lora_mode == "auto" and spec.name in SPECS:
+                sticky_key = (model, precision, t5 or self.t5_policy)
+                before = self._plans.get(sticky_key)
                 merged = self._plan_for(model, precision, spec, request, t5, 0)
                 runtime = self._plan_for(model, precision, spec, request, t5, reserve)
+                self._plans.pop(sticky_key, None)  # these two were trials: neither is a step-down to keep
+                if before is not None:
+                    self._plans[sticky_key] = before
             self.lora_modes[key] = choose_lora_mode(self.lora_mode, self.lora_library is not None, runtime, merged)
             self.events.append({"event": "lora_mode", "model": model, "precision": precision, "mode": self.lora_modes[key][0], "why": self.lora_modes[key][1]})
         return self.lora_reserve_bytes() if self.lora_modes[key][0] == "runtime" else 0

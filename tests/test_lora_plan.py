@@ -130,3 +130,27 @@ def test_runtime_loras_give_the_same_image_under_block_offload(tmp_path):
         request = GenerationRequest.create(loaded.spec, prompt="a red circle", seed=3, steps=2, width=64, height=64)
         images.append(np.asarray(generate(loaded, request).image))
     assert np.array_equal(images[0], images[1])
+
+
+def test_when_the_planner_merges_the_plan_is_the_one_without_lora_weights(tmp_path):
+    """A budget with room for the model resident but not for the LoRA's runtime weights beside it:
+    the planner merges, and the plan kept is the resident one (not the last one it weighed)."""
+    from fp8pipe.engine import Engine
+    from fp8pipe.sizes import SAFETY_FRACTION
+
+    path = tmp_path / "style.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({f"lora_unet_joint_blocks_{i}_x_block_mlp_fc2.lora_{kind}.weight": torch.randn(*shape, generator=g)
+               for i in range(4) for kind, shape in (("down", (64, 512)), ("up", (128, 64)))}, str(path))
+
+    def plan(folder, budget):
+        engine = Engine(device="cpu", vram_budget=budget, warmup=False, lora_library=folder, lora_mode="auto", lora_budget="1GiB")
+        request = engine.request("demo", prompt="a red circle", width=64, height=64)
+        return engine, engine._plan_for("demo", "fp8", engine.spec_for("demo"), request)
+
+    _, roomy = plan(None, "80GiB")
+    budget = int((roomy.predicted_peak_vram_bytes + runtime_bytes(path) // 2) / (1 - SAFETY_FRACTION)) + 1
+    _, without = plan(None, budget)
+    engine, chosen = plan(LoraLibrary.at(tmp_path), budget)
+    assert engine.lora_modes[("demo", "fp8")][0] == "merge" and without.placement == roomy.placement == "resident"
+    assert (chosen.placement, chosen.level, chosen.lora_bytes) == ("resident", without.level, 0)
