@@ -39,7 +39,7 @@ class LoraTrainConfig:
     images: int = 3000  # LoRA pictures; as many again from the base training set
     rank: int = 4
     alpha: float = 4.0
-    steps: int = 600
+    steps: int = 800
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 30
@@ -96,7 +96,8 @@ def train_lora(cfg: LoraTrainConfig) -> Path:
     StableDiffusion3Pipeline.save_lora_weights(out.parent, transformer_lora_layers=layers, weight_name=out.name,
                                                transformer_lora_adapter_metadata=config.to_dict())
     minutes = round((time.perf_counter() - clock) / 60, 2)
-    record = {"steps": steps, "config": {**asdict(cfg), "out": out.name, "work": cfg.work}, "trained_parameters": trained,
+    work_name = cfg.work if not Path(cfg.work).is_absolute() else Path(cfg.work).name  # never this machine's absolute paths
+    record = {"steps": steps, "config": {**asdict(cfg), "out": out.name, "work": work_name}, "trained_parameters": trained,
               "file_bytes": out.stat().st_size, "minutes": minutes, "torch": torch.__version__, "device": "cpu", "threads": cfg.threads}
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     log(event="done", steps=steps, minutes=minutes, bytes=out.stat().st_size)

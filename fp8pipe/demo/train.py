@@ -346,7 +346,7 @@ def _lora_section(out: Path) -> str:
     records = [p for p in loras if not p.name.endswith(".eval.json")]
     if not records:
         return ""
-    lines = ["## Demo LoRA", ""]
+    lines = ["", "## Demo LoRA", ""]
     for path in records:
         r = json.loads(path.read_text())
         cfg, name = r["config"], path.stem
@@ -385,7 +385,7 @@ def model_card(pipe, out: Path, record: dict) -> str:
     cfg = record["config"]
     params = {n: sum(p.numel() for p in getattr(pipe, n).parameters()) for n in
               ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
-    size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    size = sum(p.stat().st_size for p in out.rglob("*.safetensors") if "loras" not in p.relative_to(out).parts)  # the model, not its LoRAs
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k not in ("out", "work", "stage") and v != getattr(TrainConfig, k))
     return f"""# fp8pipe demo model
 
