@@ -53,9 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file on every picture (with the preset's [[loras]]); repeatable")
     p.add_argument("--lora-mode", default=None, choices=("auto", "runtime", "merge"), help="how LoRAs are applied; auto: the planner picks (default: the preset's, else auto)")
-    lora_dir = os.environ.get("FP8PIPE_LORA_DIR") or "loras"
     p.add_argument("--lora-budget", default="256MiB", metavar="SIZE", help="runtime-mode memory one request's LoRAs may take beside the weights; the planner counts it (default 256MiB)")
-    p.add_argument("--lora-dir", default=lora_dir, metavar="DIR", help=f"advanced mode and API: the folder whose .safetensors LoRAs a request may pick by name (default {lora_dir}; env FP8PIPE_LORA_DIR; the kiosk takes none)")
+    p.add_argument("--lora-dir", default=os.environ.get("FP8PIPE_LORA_DIR") or None, metavar="DIR",
+                   help="advanced mode and API: the folder whose .safetensors LoRAs a request may pick by name (default: env FP8PIPE_LORA_DIR, "
+                        "else ./loras; with the demo model and no ./loras, the demo's own LoRA folder; the kiosk takes none)")
     p.add_argument(
         "--trusted-proxy-header",
         default=None,
@@ -574,6 +575,13 @@ def _loras(args, preset) -> list:
     return loras
 
 
+def _default_lora_dir(model: str) -> Path:
+    """./loras; for the demo model without one, the folder of LoRAs shipped with it."""
+    from fp8pipe.loader import DEMO_MODEL_DIR
+
+    return Path("loras") if Path("loras").is_dir() or model != "demo" else DEMO_MODEL_DIR / "loras"
+
+
 def create_app(args) -> tuple[object, App]:
     """The Blocks and its App, with the engine started and warm."""
     from gradio.utils import get_upload_folder
@@ -602,7 +610,7 @@ def create_app(args) -> tuple[object, App]:
     loras = _loras(args, preset)
     from fp8pipe.lora_library import LoraLibrary
 
-    library = None if args.kiosk else LoraLibrary.at(args.lora_dir)  # a kiosk's LoRAs come from its preset only
+    library = None if args.kiosk else LoraLibrary.at(args.lora_dir or _default_lora_dir(model))  # a kiosk's LoRAs come from its preset only
     engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False,
                     loras=loras, lora_mode=args.lora_mode or preset.lora_mode, lora_library=library, lora_budget=args.lora_budget)
     engine.start(models=[(model, preset.precision)])

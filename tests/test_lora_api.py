@@ -156,3 +156,18 @@ def test_a_dropped_png_fills_the_lora_slots(lora_app):
     image.info["parameters"] = 'a red star <lora:style_b:0.75>\nSteps: 2, Seed: 1, Lora hashes: "style_b: 0123456789"'
     values = _event(state.demo, "read_parameters")(image)
     assert values[0] == "a red star" and [v["value"] for v in values[7:11]] == ["style_b", 0.75, "(none)", 1.0]
+
+
+def test_the_demo_app_offers_the_demo_lora_and_it_draws_the_house_style(advanced_app):
+    """`python app.py` with no LoRA folder: the demo's own LoRA is offered, and a prompt naming
+    no background comes out on black with it (gray without)."""
+    from fp8pipe.demo.adherence import read_picture
+
+    url, _ = advanced_app
+    client = Client(url, verbose=False)
+    assert client.predict(api_name="/describe")["loras"] == ["house_black"]
+    pictures = {}
+    for loras in (None, [{"name": "house_black"}]):
+        image, stats = client.predict(prompt="a red circle in the center", seed=4, loras=loras, api_name="/generate")
+        pictures[bool(loras)] = read_picture(Image.open(image)).background
+    assert pictures == {False: "gray", True: "black"} and stats["lora_mode"] == "runtime"
