@@ -503,12 +503,12 @@ class Engine:
 
     def _lora_plan(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None) -> int:
         """The runtime LoRA bytes this (model, precision)'s plans count: the LoRA mode is chosen
-        once, on its first plan (fp8pipe.planner.choose_lora_mode), and kept in `lora_modes`."""
+        once, on its first plan (fp8pipe.lora_plan.choose_lora_mode), and kept in `lora_modes`."""
         if not self.loras and self.lora_library is None:
             return 0
         key = (model, precision)
         if key not in self.lora_modes:
-            from .planner import choose_lora_mode
+            from .lora_plan import choose_lora_mode
 
             reserve = self.lora_reserve_bytes()
             runtime = merged = None

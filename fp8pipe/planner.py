@@ -31,6 +31,7 @@ from .sizes import (
     GiB,
     Workload,
     component_sizes,
+    with_lora,
     denoise_activation_bytes,
     format_size,
     text_encode_bytes,
@@ -94,18 +95,6 @@ def _t5_gpu_bytes(sizes: ComponentSizes, t5: str) -> int:
 
 def _t5_host_bytes(sizes: ComponentSizes, t5: str) -> int:
     return sizes.t5_16bit if t5 == "cpu" else 0
-
-
-def with_lora(sizes: ComponentSizes, lora_bytes: int) -> ComponentSizes:
-    """`sizes` with runtime LoRA weights spread evenly over the transformer blocks: they stay on the
-    GPU with a resident block and stream with an offloaded one, as the runtime hooks move them."""
-    if not lora_bytes or not sizes.transformer_block_bytes:
-        return sizes
-    per_block = lora_bytes // len(sizes.transformer_block_bytes)
-    blocks = tuple(b + per_block for b in sizes.transformer_block_bytes)
-    added = per_block * len(blocks)
-    return replace(sizes, transformer=sizes.transformer + added, transformer_blocks=sizes.transformer_blocks + added,
-                   transformer_max_block=max(blocks), transformer_block_bytes=blocks)
 
 
 def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Workload, tiled: bool, attention: str, resident_blocks: int | None = None) -> dict:
@@ -399,34 +388,6 @@ def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None) -> Plan
         return None
     chosen = choose(below) or below[-1]
     return replace(chosen, reasons=(f"stepped down from {_name(plan)} after running out of memory", *chosen.reasons))
-
-
-# ---- LoRA mode ------------------------------------------------------------------------
-
-
-def choose_lora_mode(requested: str, per_request: bool, runtime: Plan | None = None, merged: Plan | None = None) -> tuple[str, str]:
-    """(mode, why) for LoRAs on a plan. `runtime` is the plan with the runtime LoRA weights
-    counted, `merged` the one without (None: not planned). Asked for runtime or merge: that.
-    auto: LoRAs fixed for the server's life (a preset's, --lora) are merged once at load, which
-    costs nothing per step and no VRAM beside the weights; LoRAs chosen per request run in
-    runtime mode, which switches with no pass over the weights, unless their weights do not fit
-    beside the plan or would push it to another placement (more offload, T5 moved): then merge,
-    re-done whenever the LoRAs change."""
-    if requested in ("runtime", "merge"):
-        return requested, f"LoRA mode {requested}: as asked"
-    if requested != "auto":
-        raise ValueError(f"lora mode: must be auto, runtime or merge; got {requested!r}")
-    if not per_request:
-        return "merge", "LoRA mode merge: the LoRAs are fixed, merged into the weights once (no cost per step)"
-    if runtime is None or merged is None:
-        return "runtime", "LoRA mode runtime: LoRAs change per request (not planned: sizes unknown)"
-    size = format_size(runtime.lora_bytes)
-    if not runtime.fits:
-        return "merge", f"LoRA mode merge: runtime LoRA weights ({size}) do not fit beside {_name(merged)}"
-    if (runtime.placement, runtime.resident_blocks, runtime.t5) != (merged.placement, merged.resident_blocks, merged.t5):
-        return "merge", (f"LoRA mode merge: runtime LoRA weights ({size}) would move the plan from {_name(merged)} "
-                         f"to {_name(runtime)} (predicted {merged.predicted_latency_s:.2f} s -> {runtime.predicted_latency_s:.2f} s)")
-    return "runtime", f"LoRA mode runtime: LoRAs change per request; their weights ({size}) fit beside {_name(runtime)}"
 
 
 # ---- budgets --------------------------------------------------------------------------

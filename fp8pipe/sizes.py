@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .specs import SPECS, ModelSpec
 
@@ -183,6 +183,18 @@ def component_sizes(spec_name: str, precision: str = "fp8") -> ComponentSizes:
         clip_max_leaf=max(_max_leaf_bytes(clip_l, 2), _max_leaf_bytes(clip_g, 2)),
         transformer_block_bytes=tuple(blocks),
     )
+
+
+def with_lora(sizes: ComponentSizes, lora_bytes: int) -> ComponentSizes:
+    """`sizes` with runtime LoRA weights spread evenly over the transformer blocks: they stay on the
+    GPU with a resident block and stream with an offloaded one, as the runtime hooks move them."""
+    if not lora_bytes or not sizes.transformer_block_bytes:
+        return sizes
+    per_block = lora_bytes // len(sizes.transformer_block_bytes)
+    blocks = tuple(b + per_block for b in sizes.transformer_block_bytes)
+    added = per_block * len(blocks)
+    return replace(sizes, transformer=sizes.transformer + added, transformer_blocks=sizes.transformer_blocks + added,
+                   transformer_max_block=max(blocks), transformer_block_bytes=blocks)
 
 
 # ---- activations --------------------------------------------------------------------

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from fp8pipe.lora_library import LoraLibrary, human_bytes, runtime_bytes
-from fp8pipe.planner import choose_lora_mode, plan_placement, predict, with_lora
-from fp8pipe.sizes import GiB, MiB, Workload, component_sizes
+from fp8pipe.lora_plan import choose_lora_mode
+from fp8pipe.planner import plan_placement, predict
+from fp8pipe.sizes import GiB, MiB, Workload, component_sizes, with_lora
 from fp8pipe.specs import SPECS
 
 LARGE = SPECS["sd3.5-large"]

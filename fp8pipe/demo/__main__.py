@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_lora(str(path), model=args.model, limit=args.limit, progress=True)
         print(json.dumps(report, indent=None if args.json else 2))
         if args.save:
-            from .train import MODEL_DIR, rewrite_model_card
+            from .card import rewrite_model_card
+            from .train import MODEL_DIR
 
             (LORA_DIR / f"{report['lora']}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
             print(rewrite_model_card(MODEL_DIR), file=sys.stderr)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(args.model, precisions=tuple(args.precisions.split(",")), limit=args.limit, progress=True)
         print(json.dumps(report, indent=None if args.json else 2))
         if args.save:
-            from .train import MODEL_DIR, rewrite_model_card
+            from .card import rewrite_model_card
+            from .train import MODEL_DIR
 
             (MODEL_DIR / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
             print(rewrite_model_card(MODEL_DIR), file=sys.stderr)
