@@ -556,14 +556,17 @@ class Engine:
         loaded = self.loader(model, options)
         self.load_count += 1
         try:
-            applied = memory.apply_plan(loaded, plan)
-            lora_set = None
+            lora_set, lora_applied = None, None
             if self.loras or self.lora_library is not None:
                 from .lora import LoraSet
 
                 lora_set = LoraSet(loaded.pipe)
                 mode = self.lora_modes.get((model, precision), (self.lora_mode,))[0]
-                applied["loras"] = lora_set.apply(list(self.loras), "runtime" if mode == "auto" else mode)  # before the warm-up: merged once here
+                # Before the plan's offload hooks, which hold the weights they are given: merged once, here.
+                lora_applied = lora_set.apply(list(self.loras), "runtime" if mode == "auto" else mode)
+            applied = memory.apply_plan(loaded, plan)
+            if lora_applied is not None:
+                applied["loras"] = lora_applied
         except BaseException:
             del loaded
             free_memory(self.device)

@@ -111,6 +111,21 @@ def png_loras(specs: list[LoraSpec]) -> list[tuple[str, float, str]]:
     return [(s.name, s.strength, file_hash(s.path)) for s in specs]
 
 
+def offload_held(pipe, component: str, module: str) -> str | None:
+    """What offload hook holds a layer's weights (so that replacing them would not take effect),
+    or None: accelerate's sequential offload (weights on the meta device) or diffusers' group
+    offload (a hook on the layer or one of its parents)."""
+    root = getattr(pipe, component)
+    layer = root.get_submodule(module)
+    if layer.weight.device.type == "meta":
+        return "accelerate's sequential offload"
+    parts = module.split(".")
+    for i in range(len(parts) + 1):
+        if getattr(root.get_submodule(".".join(parts[:i])), "_diffusers_hook", None) is not None:
+            return "diffusers' group offload"
+    return None
+
+
 def _layer_dtype(layer: nn.Module) -> torch.dtype:
     return layer.compute_dtype if isinstance(layer, FP8Linear) else layer.weight.dtype
 
@@ -184,6 +199,7 @@ class MergedLoras:
         for lora, strength in loras:
             for key, (a, b, scale) in lora.layers.items():
                 deltas.setdefault(key, []).append((a, b, strength * scale))
+        self.refuse_if_held(set(deltas))
         for (component, module), parts in deltas.items():
             layer = pipe_module(self.pipe, Target(component, module))
             device = _layer_device(layer)
@@ -199,6 +215,14 @@ class MergedLoras:
                 layer.weight, layer.scale = nn.Parameter(q, requires_grad=False), nn.Parameter(scale, requires_grad=False)
             else:
                 layer.weight = nn.Parameter(w.to(layer.weight.dtype), requires_grad=False)
+
+    def refuse_if_held(self, keys) -> None:
+        """ValueError, before anything changes, when an offload hook holds one of these layers' weights."""
+        for component, module in sorted(keys):
+            held = offload_held(self.pipe, component, module)
+            if held:
+                raise ValueError(f"lora mode merge: {component}.{module} is held by {held}, which would keep the weights it was given; "
+                                 "use runtime mode (or merge the LoRAs at load, before the offload hooks)")
 
     def undo(self) -> None:
         for (component, module), params in self.originals.items():
@@ -249,10 +273,12 @@ class LoraSet:
         if mode == "merge":
             self.runtime.strengths = {}
             if self.merged.merged != wanted:
+                self.merged.refuse_if_held({key for lora, _ in files for key in lora.layers} | set(self.merged.originals))
                 self.merged.undo()
                 self.merged.merge(files)
                 self.merged.merged = wanted
         else:
+            self.merged.refuse_if_held(set(self.merged.originals))
             self.merged.undo()
             self.runtime.keep_only({str(lora.path) for lora, _ in files})  # only this request's LoRAs stay beside the layers
             for lora, _ in files:

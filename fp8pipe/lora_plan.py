@@ -14,8 +14,9 @@ def choose_lora_mode(requested: str, per_request: bool, runtime: Plan | None = N
     auto: LoRAs fixed for the server's life (a preset's, --lora) are merged once at load, which
     costs nothing per step and no VRAM beside the weights; LoRAs chosen per request run in
     runtime mode, which switches with no pass over the weights, unless their weights do not fit
-    beside the plan or would push it to another placement (more offload, T5 moved): then merge,
-    re-done whenever the LoRAs change."""
+    beside a resident plan or would push it to another placement: then merge, re-done whenever
+    the LoRAs change. Under offload, per-request LoRAs stay in runtime mode: the offload hooks
+    hold the weights they were given, so a merge after them could not take effect."""
     if requested in ("runtime", "merge"):
         return requested, f"LoRA mode {requested}: as asked"
     if requested != "auto":
@@ -25,9 +26,13 @@ def choose_lora_mode(requested: str, per_request: bool, runtime: Plan | None = N
     if runtime is None or merged is None:
         return "runtime", "LoRA mode runtime: LoRAs change per request (not planned: sizes unknown)"
     size = format_size(runtime.lora_bytes)
+    same = (runtime.placement, runtime.resident_blocks, runtime.t5) == (merged.placement, merged.resident_blocks, merged.t5)
+    if runtime.fits and same:
+        return "runtime", f"LoRA mode runtime: LoRAs change per request; their weights ({size}) fit beside {_name(runtime)}"
+    if merged.placement != "resident":
+        # Merging per request rewrites weights; an offload hook holds (and moves) the ones it was given.
+        return "runtime", f"LoRA mode runtime: LoRAs change per request and {_name(merged)} offloads, so merging per request is not possible; their weights ({size}) stream with their blocks"
     if not runtime.fits:
         return "merge", f"LoRA mode merge: runtime LoRA weights ({size}) do not fit beside {_name(merged)}"
-    if (runtime.placement, runtime.resident_blocks, runtime.t5) != (merged.placement, merged.resident_blocks, merged.t5):
-        return "merge", (f"LoRA mode merge: runtime LoRA weights ({size}) would move the plan from {_name(merged)} "
-                         f"to {_name(runtime)} (predicted {merged.predicted_latency_s:.2f} s -> {runtime.predicted_latency_s:.2f} s)")
-    return "runtime", f"LoRA mode runtime: LoRAs change per request; their weights ({size}) fit beside {_name(runtime)}"
+    return "merge", (f"LoRA mode merge: runtime LoRA weights ({size}) would move the plan from {_name(merged)} "
+                     f"to {_name(runtime)} (predicted {merged.predicted_latency_s:.2f} s -> {runtime.predicted_latency_s:.2f} s)")

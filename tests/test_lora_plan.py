@@ -57,12 +57,20 @@ def test_per_request_loras_run_in_runtime_mode_when_their_weights_fit_beside_the
     assert choose_lora_mode("auto", True, runtime, merged)[0] == "runtime"
 
 
-def test_per_request_loras_are_merged_when_their_weights_would_move_the_plan():
+def test_per_request_loras_are_merged_when_their_weights_would_move_a_resident_plan():
+    merged = plan_placement(LARGE, 24 * GiB, 64 * GiB, WORK)
+    runtime = plan_placement(LARGE, 24 * GiB, 64 * GiB, replace(WORK, lora_bytes=2 * GiB))
+    assert merged.placement == "resident" and (runtime.placement, runtime.t5) != (merged.placement, merged.t5)  # 2 GiB more: T5 has to give way
+    mode, why = choose_lora_mode("auto", True, runtime, merged)
+    assert mode == "merge" and why.startswith("LoRA mode merge: runtime LoRA weights (2.00 GiB) would move the plan from resident")
+
+
+def test_per_request_loras_stay_in_runtime_mode_under_offload_where_a_merge_could_not_take_effect():
     merged = plan_placement(LARGE, 8 * GiB, 64 * GiB, WORK)
     runtime = plan_placement(LARGE, 8 * GiB, 64 * GiB, replace(WORK, lora_bytes=2 * GiB))
-    assert (runtime.placement, runtime.resident_blocks) != (merged.placement, merged.resident_blocks)  # 2 GiB more to place on an 8 GiB card
+    assert merged.placement != "resident"
     mode, why = choose_lora_mode("auto", True, runtime, merged)
-    assert mode == "merge" and why.startswith("LoRA mode merge: runtime LoRA weights (2.00 GiB) would move the plan from partial")
+    assert mode == "runtime" and "stream with their blocks" in why
 
 
 def test_per_request_loras_that_do_not_fit_at_all_are_merged():
@@ -155,3 +163,44 @@ def test_when_the_planner_merges_the_plan_is_the_one_without_lora_weights(tmp_pa
     engine, chosen = plan(LoraLibrary.at(tmp_path), budget)
     assert engine.lora_modes[("demo", "fp8")][0] == "merge" and without.placement == roomy.placement == "resident"
     assert (chosen.placement, chosen.level, chosen.lora_bytes) == ("resident", without.level, 0)
+
+
+@pytest.mark.parametrize("offload", ["sequential", "group"])
+def test_a_merge_after_an_offload_hook_is_refused_and_one_before_it_gives_the_resident_image(offload):
+    """Offload hooks hold the weights they were given: the engine merges fixed LoRAs before the
+    plan's hooks (the same image as resident); a merge after them is refused, never silently lost."""
+    from accelerate import cpu_offload
+
+    from fp8pipe.generation import generate
+    from fp8pipe.loader import LoadOptions, load_model
+    from fp8pipe.lora import LoraSet, LoraSpec
+    from fp8pipe.requests import GenerationRequest
+
+    from fp8pipe.demo.lora_train import LORA_DIR, LORA_NAME
+
+    demo_lora = LoraSpec(str(LORA_DIR / f"{LORA_NAME}.safetensors"))
+    cpu = torch.device("cpu")
+
+    def hook(loaded):
+        if offload == "sequential":
+            cpu_offload(loaded.pipe.transformer, execution_device=cpu, offload_buffers=True)
+        else:
+            loaded.pipe.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=1)
+
+    images = []
+    for before in (None, True):
+        loaded = load_model("demo", LoadOptions(device="cpu"))
+        loras = LoraSet(loaded.pipe)
+        loras.apply([demo_lora], "merge")
+        if before:
+            hook(loaded)
+        request = GenerationRequest.create(loaded.spec, prompt="a red circle", seed=3, steps=2, width=64, height=64)
+        images.append(np.asarray(generate(loaded, request).image))
+    assert np.array_equal(images[0], images[1])
+    with pytest.raises(ValueError, match="is held by"):
+        loras.apply([], "merge")  # undoing under the hooks would be lost as well
+    assert np.array_equal(np.asarray(generate(loaded, request).image), images[1])  # and nothing changed
+    loaded = load_model("demo", LoadOptions(device="cpu"))
+    hook(loaded)
+    with pytest.raises(ValueError, match="lora mode merge: transformer.transformer_blocks.0.* is held by .* offload.*use runtime mode"):
+        LoraSet(loaded.pipe).apply([demo_lora], "merge")
