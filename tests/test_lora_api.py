@@ -171,3 +171,16 @@ def test_the_demo_app_offers_the_demo_lora_and_it_draws_the_house_style(advanced
         image, stats = client.predict(prompt="a red circle in the center", seed=4, loras=loras, api_name="/generate")
         pictures[bool(loras)] = read_picture(Image.open(image)).background
     assert pictures == {False: "gray", True: "black"} and stats["lora_mode"] == "runtime"
+
+
+def test_a_path_sent_as_raw_http_json_is_refused_like_any_other_name(lora_app):
+    """As an attacker sends it: a hand-written body to /generate, no gradio_client."""
+    import httpx
+
+    url, state = lora_app
+    loads = state.engine.load_count
+    body = {"data": ["a red circle", None, 1, 1, None, None, None, [{"name": "../../../../etc/passwd", "strength": 1}]]}
+    event = httpx.post(url + "gradio_api/call/generate", json=body, timeout=30).json()["event_id"]
+    text = httpx.get(url + f"gradio_api/call/generate/{event}", timeout=60).text
+    assert "loras: '../../../../etc/passwd' is not a LoRA name" in text and "root:" not in text
+    assert state.engine.load_count == loads
