@@ -107,10 +107,12 @@ def parse_request_loras(value, max_loras: int = MAX_REQUEST_LORAS) -> tuple[tupl
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict) or "name" not in item or set(item) - {"name", "strength"}:
-            raise RequestError(FIELD, f'item {i} must be an object with "name" and optionally "strength"; got {str(item)[:80]!r}')
+            got = f"keys {', '.join(sorted(str(k)[:20] for k in list(item)[:5]))}" if isinstance(item, dict) else type(item).__name__  # never a huge payload echoed
+            raise RequestError(FIELD, f'item {i} must be an object with "name" and optionally "strength"; got {got}')
         name, strength = item["name"], item.get("strength", 1.0)
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
-            raise RequestError(FIELD, f"item {i}: name must be a LoRA file name of 1 to {MAX_NAME_CHARS} characters; got {str(name)[:80]!r}")
+            got = f"{len(name)} characters" if isinstance(name, str) else type(name).__name__
+            raise RequestError(FIELD, f"item {i}: name must be a LoRA file name of 1 to {MAX_NAME_CHARS} characters; got {got}")
         if strength is None:
             strength = 1.0
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:

@@ -184,3 +184,19 @@ def test_a_path_sent_as_raw_http_json_is_refused_like_any_other_name(lora_app):
     text = httpx.get(url + f"gradio_api/call/generate/{event}", timeout=60).text
     assert "loras: '../../../../etc/passwd' is not a LoRA name" in text and "root:" not in text
     assert state.engine.load_count == loads
+
+
+@pytest.mark.parametrize(
+    "loras, message",
+    [
+        ([{"name": "x" * 5000}], "loras: item 1: name must be a LoRA file name of 1 to 200 characters; got 5000 characters"),
+        ([{"name": ["style_a"] * 1000}], "loras: item 1: name must be a LoRA file name of 1 to 200 characters; got list"),
+        ([[1] * 1000], 'loras: item 1 must be an object with "name" and optionally "strength"; got list'),
+        ([{"name": "style_a", "x" * 1000: 1}], 'loras: item 1 must be an object with "name" and optionally "strength"; got keys name, xxxxxxxxxxxxxxxxxxxx'),
+        ([{"name": "style_a"}] * 10_000, "loras: at most 4 LoRAs per request; got 10000"),
+    ],
+)
+def test_a_large_loras_payload_is_refused_without_echoing_it(lora_app, loras, message):
+    with pytest.raises(Exception, match=re.escape(message)) as error:
+        _generate(lora_app[0], loras=loras)
+    assert len(str(error.value)) < 400
