@@ -204,3 +204,15 @@ def test_a_merge_after_an_offload_hook_is_refused_and_one_before_it_gives_the_re
     hook(loaded)
     with pytest.raises(ValueError, match="lora mode merge: transformer.transformer_blocks.0.* is held by .* offload.*use runtime mode"):
         LoraSet(loaded.pipe).apply([demo_lora], "merge")
+
+
+def test_an_offloaded_plan_with_a_lora_folder_counts_the_runtime_weights_of_its_loras():
+    from fp8pipe.demo.lora_train import LORA_DIR
+    from fp8pipe.engine import Engine
+
+    engine = Engine(device="cpu", vram_budget="1MiB", warmup=False, lora_library=LoraLibrary.at(LORA_DIR), lora_mode="auto")
+    request = engine.request("demo", prompt="a red circle", width=64, height=64)
+    plan = engine._plan_for("demo", "fp8", engine.spec_for("demo"), request)
+    mode, why = engine.lora_modes[("demo", "fp8")]
+    assert plan.placement != "resident" and mode == "runtime" and "offloads" in why
+    assert plan.lora_bytes == plan.breakdown["lora_runtime"] == sum(runtime_bytes(p) for p in LoraLibrary.at(LORA_DIR).files().values()) > 0
