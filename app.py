@@ -52,7 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto: a GPU when there is one)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file on every picture (with the preset's [[loras]]); repeatable")
-    p.add_argument("--lora-mode", default=None, choices=("runtime", "merge"), help="how LoRAs are applied (default: the preset's, else runtime)")
+    p.add_argument("--lora-mode", default=None, choices=("auto", "runtime", "merge"), help="how LoRAs are applied; auto: the planner picks (default: the preset's, else auto)")
+    p.add_argument("--lora-budget", default="256MiB", metavar="SIZE", help="runtime-mode memory one request's LoRAs may take beside the weights; the planner counts it (default 256MiB)")
+    p.add_argument("--lora-dir", default=os.environ.get("FP8PIPE_LORA_DIR") or None, metavar="DIR",
+                   help="advanced mode and API: the folder whose .safetensors LoRAs a request may pick by name (default: env FP8PIPE_LORA_DIR, "
+                        "else ./loras; with the demo model and no ./loras, the demo's own LoRA folder; the kiosk takes none)")
     p.add_argument(
         "--trusted-proxy-header",
         default=None,
@@ -96,6 +100,7 @@ class App:
     gpu_stream: object = None  # ZeroGPU: the job's stream, run inline inside a @spaces.GPU call
     image_filter: object = None  # fp8pipe.image_filter.ImageFilter, or None when the preset has none
     public_url: str | None = None  # where visitors' phones reach this server: the kiosk shows a QR code
+    lora_library: object = None  # fp8pipe.lora_library.LoraLibrary: the LoRAs a request may name (None in the kiosk)
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
 
@@ -155,7 +160,8 @@ def _run(app: App, prompt, style=None, precision=None, preview=False, request=No
     model = model or app.model
     try:
         spec = app.spec if model == app.model else app.engine.spec_for(model)
-        req = build_request(app.preset, spec, prompt, style=style, **fields)
+        choices = app.lora_library.names() if app.lora_library is not None else None  # None: per-request LoRAs refused
+        req = build_request(app.preset, spec, prompt, style=style, lora_choices=choices, **fields)
         app.limiter.check(client_address(app, request))
     except (RequestError, Refused) as e:
         raise _as_gradio_error(e, request, {"prompt": prompt, "style": style, **fields}) from None
@@ -229,12 +235,12 @@ def _stats(result, extra: dict | None = None) -> dict:
 
 
 def api_generate(app: App):
-    def generate(prompt, negative_prompt=None, seed=None, steps=None, guidance=None, width=None, height=None, request=None):
+    def generate(prompt, negative_prompt=None, seed=None, steps=None, guidance=None, width=None, height=None, loras=None, request=None):
         """One image. Settings left out take the preset's defaults; the preset's limits hold.
         A generator: at each step the stats output carries {"progress": {"step", "total"}} (a
         streaming client sees them), in between it yields nothing new (gr.skip), so a cancel
         stops the job; the last output is the image and its stats."""
-        fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
+        fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height, loras=loras)
         yield gr.skip(), gr.skip()  # before the job is submitted: from here on Gradio holds the event's iterator
         result = None
         for item in _run(app, prompt, request=request, **fields):
@@ -381,6 +387,7 @@ ADVANCED_CSS = """
 
 def build_advanced(app: App):
     from fp8pipe.loader import demo_model_shipped
+    from fp8pipe.lora_ui import lora_panel, requested
     from fp8pipe.metadata import form_fields
     from fp8pipe.naming import model_display_name
     from fp8pipe.presets import available_presets, load_preset
@@ -423,6 +430,7 @@ def build_advanced(app: App):
                     randomize = gr.Checkbox(value=True, label="Randomize seed")
                     batch = gr.Slider(1, 8, value=1, step=1, label="Batch count")
                     shift = gr.Slider(SHIFT_RANGE[0], SHIFT_RANGE[1], value=spec.shift, step=0.1, label="Shift")
+                lora_slots = lora_panel(app.lora_library) if app.lora_library is not None else None
                 dropped = gr.Image(type="pil", label="Drop a PNG to read its parameters", sources=["upload"], height=160, format="png", elem_id="parameters-drop")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Images", columns=2, height="auto", format="png", object_fit="scale-down", elem_id="result-gallery")
@@ -433,7 +441,7 @@ def build_advanced(app: App):
                     stats = gr.JSON(label="Stats")
                 history = gr.Gallery(label="History (this browser session)", columns=6, height=200, format="png", object_fit="scale-down", elem_id="history")
 
-        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, kept, request: gr.Request):
+        def run(text, neg, chosen_model, prec, t5_mode, comp, n_steps, g, w, h, s, rand, count, sh, kept, request: gr.Request, *slots):
             import secrets
 
             from fp8pipe.display import display_copy, scale_label
@@ -446,7 +454,7 @@ def build_advanced(app: App):
             compare_update, diff_image = gr.update(visible=False), None
             for i in range(int(count)):
                 this_seed = (int(first_seed) + i) % (MAX_SEED + 1) if first_seed is not None else None
-                fields = dict(negative_prompt=neg, steps=n_steps, guidance=g, width=w, height=h, seed=this_seed, shift=sh)
+                fields = dict(negative_prompt=neg, steps=n_steps, guidance=g, width=w, height=h, seed=this_seed, shift=sh, loras=requested(slots))
                 variants = ["fp8", "bf16"] if comp else [prec]
                 results = []
                 for variant in variants:
@@ -470,7 +478,7 @@ def build_advanced(app: App):
 
         go.click(
             run,
-            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift, history_items],
+            [prompt, negative, model, precision, t5, compare, steps, guidance, width, height, seed, randomize, batch, shift, history_items, *(lora_slots.inputs if lora_slots else [])],
             [gallery, stats_table, stats, history_items, history, compare_row, diff],
             api_visibility="private",
             concurrency_id=GPU_QUEUE,
@@ -478,11 +486,12 @@ def build_advanced(app: App):
         )
 
         def read_parameters(image):
+            slots = lora_slots.inputs if lora_slots else []
             if image is None or not isinstance(getattr(image, "info", {}).get("parameters"), str):
-                return [gr.update()] * 7
+                return [gr.update()] * (7 + len(slots))
             p = form_fields(image.info["parameters"])
             order = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height")
-            return tuple(p.get(name, gr.update()) for name in order)
+            return (*(p.get(name, gr.update()) for name in order), *(lora_slots.fill(p.get("loras")) if lora_slots else []))
 
         def apply_preset(name):
             """A shipped preset's defaults, clamped to this app's limits (which stay in force)."""
@@ -497,7 +506,7 @@ def build_advanced(app: App):
             )
 
         preset_choice.input(apply_preset, preset_choice, [negative, steps, guidance, width, height], api_visibility="private")
-        dropped.upload(read_parameters, dropped, [prompt, negative, steps, guidance, seed, width, height], api_visibility="private")
+        dropped.upload(read_parameters, dropped, [prompt, negative, steps, guidance, seed, width, height, *(lora_slots.inputs if lora_slots else [])], api_visibility="private")
         _add_api(app)
     return demo
 
@@ -518,6 +527,7 @@ def _add_api(app: App) -> None:
             StrictNumber(label="guidance", value=None),
             StrictNumber(label="width", value=None, precision=None),
             StrictNumber(label="height", value=None, precision=None),
+            gr.JSON(label="loras", value=None),  # [{"name": file in the LoRA folder, "strength": -4..4}]; refused by a kiosk
         ]
         outputs = [gr.Image(label="image", type="filepath", format="png"), gr.JSON(label="stats")]
         a_button, b_button = gr.Button(visible=False), gr.Button(visible=False)
@@ -532,10 +542,11 @@ def _add_api(app: App) -> None:
         guidance: float | None = None,
         width: float | None = None,
         height: float | None = None,
+        loras: list | None = None,
         request: gr.Request = None,
     ):
-        """One image and its stats; left-out settings take the preset's defaults."""
-        yield from fn(prompt, negative_prompt, seed, steps, guidance, width, height, request=request)
+        """One image and its stats; left-out settings take the preset's defaults. `loras`: [{"name", "strength"}] from the LoRA folder."""
+        yield from fn(prompt, negative_prompt, seed, steps, guidance, width, height, loras, request=request)
 
     a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
@@ -546,7 +557,8 @@ def _add_api(app: App) -> None:
 
         engine = app.engine.describe()  # its pool names models as loaded: a folder's path, never shown
         engine["pool"] = [{**entry, "model": model_display_name(entry["model"])} for entry in engine.get("pool", [])]
-        return {"model": model_display_name(app.model), "preset": app.preset.name, "kiosk": app.kiosk, "engine": engine}
+        loras = app.lora_library.names() if app.lora_library is not None else []  # what /generate's loras may name
+        return {"model": model_display_name(app.model), "preset": app.preset.name, "kiosk": app.kiosk, "engine": engine, "loras": loras}
 
     b_button.click(describe, None, a_info, api_name="describe", queue=False)
 
@@ -561,6 +573,13 @@ def _loras(args, preset) -> list:
     loras = [LoraSpec(x.file, x.strength) for x in preset.loras] + [parse_lora_arg(text) for text in args.lora]
     check_lora_files(loras)
     return loras
+
+
+def _default_lora_dir(model: str) -> Path:
+    """./loras; for the demo model without one, the folder of LoRAs shipped with it."""
+    from fp8pipe.loader import DEMO_MODEL_DIR
+
+    return Path("loras") if Path("loras").is_dir() or model != "demo" else DEMO_MODEL_DIR / "loras"
 
 
 def create_app(args) -> tuple[object, App]:
@@ -589,8 +608,11 @@ def create_app(args) -> tuple[object, App]:
 
     spaces = zerogpu.spaces_module()  # None unless ZeroGPU is active: then no warm-up (it would not carry into the calls), no compile
     loras = _loras(args, preset)
+    from fp8pipe.lora_library import LoraLibrary
+
+    library = None if args.kiosk else LoraLibrary.at(args.lora_dir or _default_lora_dir(model))  # a kiosk's LoRAs come from its preset only
     engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=preset.compile and spaces is None,
-                    loras=loras, lora_mode=args.lora_mode or preset.lora_mode)
+                    loras=loras, lora_mode=args.lora_mode or preset.lora_mode, lora_library=library, lora_budget=args.lora_budget)
     engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     try:
@@ -610,6 +632,7 @@ def create_app(args) -> tuple[object, App]:
         proxy_header=args.trusted_proxy_header,
         image_filter=image_filter,
         public_url=args.public_url,
+        lora_library=library,
     )
     if args.kiosk:  # the attract screen shows pictures from the first second
         from fp8pipe.attract import example_pictures

@@ -2,7 +2,7 @@
 them: Gradio's own Textbox turns a list into its text and Number turns `true` into 1.0.
 The error names the field, as every other request error does.
 
-This is the one module under fp8pipe/ that imports Gradio; only app.py uses it.
+With fp8pipe.lora_ui (the LoRA panel), the only modules under fp8pipe/ that import Gradio; only app.py uses them.
 """
 
 from __future__ import annotations

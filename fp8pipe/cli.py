@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the stats as one JSON object (the app's and the API's schema, with the plan it ran)")
     g.add_argument("--vram", default=None, help="VRAM budget the plan is made for, e.g. 8GiB (default: the GPU's free memory); on a CPU the plan is reported, everything stays in host RAM")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file (diffusers/PEFT, kohya or ComfyUI keys) and its strength, -4 to 4 (default 1); repeatable")
-    g.add_argument("--lora-mode", default="runtime", choices=("runtime", "merge"), help="runtime: the LoRA computed in 16-bit beside the FP8 matmul (default); merge: folded into the weights and re-quantized")
+    g.add_argument("--lora-mode", default="auto", choices=("auto", "runtime", "merge"), help="runtime: the LoRA computed in 16-bit beside the FP8 matmul; merge: folded into the weights and re-quantized; auto: the planner picks (default; fixed LoRAs are merged)")
     _add_load_options(g)
     g.set_defaults(func=cmd_generate)
 

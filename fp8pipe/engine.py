@@ -81,6 +81,7 @@ class Entry:
     host_bytes: int
     uses: int = 0
     streamed: memory.StreamCounter | None = None  # host->device bytes of streamed blocks
+    lora_set: object = None  # fp8pipe.lora.LoraSet when LoRAs may be used with this pipeline
 
 
 class Job:
@@ -139,6 +140,8 @@ class Engine:
         max_queue: int = 64,
         loras: tuple = (),
         lora_mode: str = "runtime",
+        lora_library=None,
+        lora_budget: int | str = "256MiB",
     ):
         self.device = resolve_device(device)
         if vram_budget is not None:
@@ -150,6 +153,9 @@ class Engine:
         self.t5_policy = t5  # "auto": the planner steps T5 down; or hold it to one mode ("drop" for speed)
         self.loader = loader
         self.loras, self.lora_mode = tuple(loras), lora_mode  # LoRAs (lora.LoraSpec) on every pipeline loaded
+        self.lora_library = lora_library  # fp8pipe.lora_library.LoraLibrary: the folder per-request LoRAs are named in, or None
+        self.lora_budget = memory.parse_size(lora_budget)  # runtime bytes one request's LoRAs may take
+        self.lora_modes: dict[tuple[str, str], tuple[str, str]] = {}  # (model, precision) -> (LoRA mode, why)
         self.attention = memory.choose_attention(str(self.device))
         # Test hook: called with the stage name ("load", "encode", "denoise", "decode") as each
         # stage starts; raising torch.OutOfMemoryError there exercises the fallback.
@@ -334,6 +340,7 @@ class Engine:
             try:
                 load_start = time.perf_counter()
                 entry, loaded_now = self._entry_for_job(job)
+                lora_stats, lora_specs = self._apply_loras(entry, job.request)
                 stats["load_s"] = round(time.perf_counter() - load_start, 4) if loaded_now else 0.0
                 stats["loaded"] = loaded_now
                 images, timings = self._generate(entry, job, stage)
@@ -371,13 +378,29 @@ class Engine:
             }
         )
         parameters = parameters_text(loaded, job.request)
-        if entry.applied.get("loras"):
+        stats.update(lora_stats)
+        if lora_specs:
             from .lora import png_loras
             from .metadata import add_loras
 
-            stats.update(entry.applied["loras"])
-            parameters = add_loras(parameters, png_loras(list(self.loras)))
+            parameters = add_loras(parameters, png_loras(lora_specs))
         return Result(image=images[0], request=job.request, parameters=parameters, stats=stats, images=images)
+
+    def _apply_loras(self, entry: Entry, request: GenerationRequest) -> tuple[dict, list]:
+        """The fixed LoRAs and the request's own on `entry`'s pipeline (no reload: runtime strengths
+        switch, merged weights are redone); ({lora_mode, loras} stats, the LoraSpecs used)."""
+        if entry.lora_set is None:
+            if request.loras:
+                from .requests import RequestError
+
+                raise RequestError("loras", "this server takes no LoRAs per request (start it with --lora-dir)")
+            return {"lora_mode": None, "loras": []}, []
+        from .lora import apply_for_request
+
+        mode = self.lora_modes.get((entry.key.model, entry.key.precision), (self.lora_mode,))[0]
+        budget = self.lora_budget if mode == "runtime" else None  # merged LoRAs take no memory beside the weights
+        stats, specs = apply_for_request(entry.lora_set, self.loras, self.lora_library, request.loras, mode, budget)
+        return stats, specs
 
     def _generate(self, entry: Entry, job: Job, stage: dict) -> tuple[list, dict]:
         def enter(name: str) -> None:
@@ -460,8 +483,10 @@ class Engine:
             return None
         return probed_card(str(self.device)) or card_for_device_name(torch.cuda.get_device_name(self.device))
 
-    def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None = None) -> Plan:
-        work = Workload(request.width, request.height, request.batch, request.guidance > 1.0)
+    def _plan_for(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None = None, lora_bytes: int | None = None) -> Plan:
+        if lora_bytes is None:
+            lora_bytes = self._lora_plan(model, precision, spec, request, t5)
+        work = Workload(request.width, request.height, request.batch, request.guidance > 1.0, lora_bytes=lora_bytes)
         t5 = t5 or self.t5_policy
         sticky = self._plans.get((model, precision, t5))
         if spec.name not in SPECS:  # a custom family: sizes unknown, everything resident
@@ -491,6 +516,40 @@ class Engine:
         self._plans[(model, precision, t5)] = plan
         return plan
 
+    def _lora_plan(self, model: str, precision: str, spec: ModelSpec, request: GenerationRequest, t5: str | None) -> int:
+        """The runtime LoRA bytes this (model, precision)'s plans count: the LoRA mode is chosen
+        once, on its first plan (fp8pipe.lora_plan.choose_lora_mode), and kept in `lora_modes`."""
+        if not self.loras and self.lora_library is None:
+            return 0
+        key = (model, precision)
+        if key not in self.lora_modes:
+            from .lora_plan import choose_lora_mode
+
+            reserve = self.lora_reserve_bytes()
+            runtime = merged = None
+            if self.lora_mode == "auto" and spec.name in SPECS:
+                sticky_key = (model, precision, t5 or self.t5_policy)
+                before = self._plans.get(sticky_key)
+                merged = self._plan_for(model, precision, spec, request, t5, 0)
+                runtime = self._plan_for(model, precision, spec, request, t5, reserve)
+                self._plans.pop(sticky_key, None)  # these two were trials: neither is a step-down to keep
+                if before is not None:
+                    self._plans[sticky_key] = before
+            self.lora_modes[key] = choose_lora_mode(self.lora_mode, self.lora_library is not None, runtime, merged)
+            self.events.append({"event": "lora_mode", "model": model, "precision": precision, "mode": self.lora_modes[key][0], "why": self.lora_modes[key][1]})
+        return self.lora_reserve_bytes() if self.lora_modes[key][0] == "runtime" else 0
+
+    def lora_reserve_bytes(self) -> int:
+        """Runtime LoRA weights to plan for: the fixed LoRAs', and with a LoRA folder the largest
+        set one request may pick from it now (at most the per-request budget)."""
+        from .lora_library import MAX_REQUEST_LORAS, runtime_bytes
+
+        fixed = sum(runtime_bytes(s.path) for s in self.loras)
+        if self.lora_library is None:
+            return fixed
+        largest = sorted((runtime_bytes(p) for p in self.lora_library.files().values()), reverse=True)[:MAX_REQUEST_LORAS]
+        return fixed + min(self.lora_budget, sum(largest))
+
     def _entry(self, model: str, precision: str, request: GenerationRequest, t5: str | None = None) -> Entry:
         spec = self.spec_for(model)
         plan = self._plan_for(model, precision, spec, request, t5)
@@ -512,11 +571,17 @@ class Engine:
         loaded = self.loader(model, options)
         self.load_count += 1
         try:
-            applied = memory.apply_plan(loaded, plan)
-            if self.loras:
+            lora_set, lora_applied = None, None
+            if self.loras or self.lora_library is not None:
                 from .lora import LoraSet
 
-                applied["loras"] = LoraSet(loaded.pipe).apply(list(self.loras), self.lora_mode)
+                lora_set = LoraSet(loaded.pipe)
+                mode = self.lora_modes.get((model, precision), (self.lora_mode,))[0]
+                # Before the plan's offload hooks, which hold the weights they are given: merged once, here.
+                lora_applied = lora_set.apply(list(self.loras), "runtime" if mode == "auto" else mode)
+            applied = memory.apply_plan(loaded, plan)
+            if lora_applied is not None:
+                applied["loras"] = lora_applied
         except BaseException:
             del loaded
             free_memory(self.device)
@@ -531,6 +596,7 @@ class Engine:
             vram_bytes=terms.get("vram_between_requests", 0) if on_gpu else 0,
             host_bytes=terms.get("host_weights", 0) if on_gpu else terms.get("weights_on_gpu", 0),
             streamed=memory.count_streamed_bytes(loaded.pipe.transformer) if plan.placement in ("partial", "group_offload") and on_gpu else None,
+            lora_set=lora_set,
         )
         if plan.execution == "compiled" and on_gpu and plan.placement == "resident":
             from .compiling import compile_transformer_

@@ -15,6 +15,7 @@ A `LoraSet` (held by whoever holds the model) owns both and turns a request's li
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ModelLoadError
 from .fp8 import FP8Linear, dequantize_rowwise, quantize_rowwise
 from .lora_keys import LoraFile, Target, pipe_module, read_lora
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 MODES = ("runtime", "merge")
 MAX_STRENGTH = 4.0
 MAX_LORAS = 8
+MAX_CACHED_FILES = 16  # LoRA files kept read (on the host) by one pipeline's LoraSet
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,14 @@ def check_lora_files(specs: list[LoraSpec]) -> None:
 
 
 def file_hash(path: str | Path) -> str:
-    """The short SHA-256 other SD tools write in `Lora hashes` (first 10 hex digits of the file's)."""
+    """The short SHA-256 other SD tools write in `Lora hashes` (first 10 hex digits of the file's);
+    remembered per (file, size, modification time), so a request does not re-read a big file."""
+    stat = Path(path).expanduser().stat()
+    return _file_hash(str(Path(path).expanduser().resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     import hashlib
 
     digest = hashlib.sha256()
@@ -99,6 +109,21 @@ def file_hash(path: str | Path) -> str:
 def png_loras(specs: list[LoraSpec]) -> list[tuple[str, float, str]]:
     """(name, strength, hash) of each LoRA, for the PNG parameters."""
     return [(s.name, s.strength, file_hash(s.path)) for s in specs]
+
+
+def offload_held(pipe, component: str, module: str) -> str | None:
+    """What offload hook holds a layer's weights (so that replacing them would not take effect),
+    or None: accelerate's sequential offload (weights on the meta device) or diffusers' group
+    offload (a hook on the layer or one of its parents)."""
+    root = getattr(pipe, component)
+    layer = root.get_submodule(module)
+    if layer.weight.device.type == "meta":
+        return "accelerate's sequential offload"
+    parts = module.split(".")
+    for i in range(len(parts) + 1):
+        if getattr(root.get_submodule(".".join(parts[:i])), "_diffusers_hook", None) is not None:
+            return "diffusers' group offload"
+    return None
 
 
 def _layer_dtype(layer: nn.Module) -> torch.dtype:
@@ -146,6 +171,14 @@ class RuntimeLoras:
 
         return hook
 
+    def keep_only(self, names: set[str]) -> None:
+        """Drop the A/B matrices of every LoRA not in `names` (its hooks stay, with nothing to add)."""
+        if self.names <= names:
+            return
+        for key, entries in self.entries.items():
+            self.entries[key] = [e for e in entries if e[0] in names]
+        self.names &= names
+
     def remove(self) -> None:
         for handle in self.handles.values():
             handle.remove()
@@ -166,6 +199,7 @@ class MergedLoras:
         for lora, strength in loras:
             for key, (a, b, scale) in lora.layers.items():
                 deltas.setdefault(key, []).append((a, b, strength * scale))
+        self.refuse_if_held(set(deltas))
         for (component, module), parts in deltas.items():
             layer = pipe_module(self.pipe, Target(component, module))
             device = _layer_device(layer)
@@ -181,6 +215,14 @@ class MergedLoras:
                 layer.weight, layer.scale = nn.Parameter(q, requires_grad=False), nn.Parameter(scale, requires_grad=False)
             else:
                 layer.weight = nn.Parameter(w.to(layer.weight.dtype), requires_grad=False)
+
+    def refuse_if_held(self, keys) -> None:
+        """ValueError, before anything changes, when an offload hook holds one of these layers' weights."""
+        for component, module in sorted(keys):
+            held = offload_held(self.pipe, component, module)
+            if held:
+                raise ValueError(f"lora mode merge: {component}.{module} is held by {held}, which would keep the weights it was given; "
+                                 "use runtime mode (or merge the LoRAs at load, before the offload hooks)")
 
     def undo(self) -> None:
         for (component, module), params in self.originals.items():
@@ -205,11 +247,15 @@ class LoraSet:
         self.merged = MergedLoras(self.pipe)
 
     def read(self, spec: LoraSpec) -> LoraFile:
-        key = str(Path(spec.path).expanduser().resolve())
+        path = Path(spec.path).expanduser().resolve()
+        stat = path.stat() if path.is_file() else None
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}" if stat else str(path)  # a file replaced in place is read again
         if key not in self.files:
             lora = read_lora(spec.path, self.pipe)
             if lora.unmatched:
                 log.warning("lora %s", lora.summary())
+            while len(self.files) >= MAX_CACHED_FILES:  # the oldest read leaves first
+                self.files.pop(next(iter(self.files)))
             self.files[key] = lora
         return self.files[key]
 
@@ -227,11 +273,14 @@ class LoraSet:
         if mode == "merge":
             self.runtime.strengths = {}
             if self.merged.merged != wanted:
+                self.merged.refuse_if_held({key for lora, _ in files for key in lora.layers} | set(self.merged.originals))
                 self.merged.undo()
                 self.merged.merge(files)
                 self.merged.merged = wanted
         else:
+            self.merged.refuse_if_held(set(self.merged.originals))
             self.merged.undo()
+            self.runtime.keep_only({str(lora.path) for lora, _ in files})  # only this request's LoRAs stay beside the layers
             for lora, _ in files:
                 if str(lora.path) not in self.runtime.names:  # on the device only once runtime mode needs it
                     self.runtime.add(lora)
@@ -246,6 +295,32 @@ class LoraSet:
             "loras": [{"name": lora.name, "strength": strength, "layout": lora.layout, "layers": len(lora.layers),
                        "matched": f"{lora.matched_modules}/{lora.file_modules}", "bytes": lora.nbytes} for lora, strength in files],
         }
+
+
+def apply_for_request(lora_set: LoraSet, fixed, library, request_loras, mode: str, budget: int | None = None) -> tuple[dict, list[LoraSpec]]:
+    """Put `lora_set`'s pipeline in the state one request asks: the fixed LoRAs (the preset's,
+    --lora) and the request's own, named in `library` (fp8pipe.lora_library), whose runtime
+    weights may take at most `budget` bytes (None: no limit). A file that cannot be used is a
+    RequestError on the field `loras`; the pipeline is left as it was."""
+    from .lora_library import FIELD, human_bytes, runtime_bytes
+    from .requests import RequestError
+
+    paths = [library.path(name) for name, _ in request_loras]
+    if budget is not None and paths:
+        need = sum(runtime_bytes(p) for p in paths)
+        if need > budget:
+            raise RequestError(FIELD, f"these {len(paths)} LoRAs take {human_bytes(need)} beside the weights in runtime mode; "
+                                      f"this server's budget for one request's LoRAs is {human_bytes(budget)} (--lora-budget): choose fewer or smaller ones")
+    specs = list(fixed) + [LoraSpec(str(p), strength) for p, (_, strength) in zip(paths, request_loras)]
+    try:
+        return lora_set.apply(specs, mode), specs
+    except RequestError:
+        raise
+    except (ValueError, ModelLoadError) as e:  # a file of another model family, a broken file, the same file twice
+        text = e.message + (f" ({e.fix})" if e.fix else "") if isinstance(e, ModelLoadError) else str(e)
+        if library is not None:
+            text = text.replace(str(library.folder) + "/", "")  # never the server's paths
+        raise RequestError(FIELD, text) from None
 
 
 def lora_bytes(files: list[LoraFile], dtype_bytes: int = 2) -> int:

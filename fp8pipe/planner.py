@@ -31,6 +31,7 @@ from .sizes import (
     GiB,
     Workload,
     component_sizes,
+    with_lora,
     denoise_activation_bytes,
     format_size,
     text_encode_bytes,
@@ -78,6 +79,7 @@ class Plan:
     fp8_layer_paths: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
     candidates: tuple = ()  # the chosen plan only: the best of each placement, for `plan --json`
+    lora_bytes: int = 0  # runtime LoRA weights counted with the blocks (0: none, or merged)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -100,8 +102,9 @@ def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Work
 
     `resident_blocks` (partial and group_offload): how many of the first transformer blocks stay
     on the GPU; the others stream, two in flight (the running one and the prefetched next).
+    Runtime LoRA weights (`work.lora_bytes`) count with the blocks (see with_lora).
     """
-    sizes = component_sizes(spec.name, precision)
+    sizes = with_lora(component_sizes(spec.name, precision), work.lora_bytes)
     denoise = denoise_activation_bytes(spec, work, precision, attention)
     decode = vae_decode_bytes(spec, work, tiled)
     encode = text_encode_bytes(spec, work)
@@ -149,12 +152,13 @@ def predict(spec: ModelSpec, precision: str, placement: str, t5: str, work: Work
         "cuda_runtime": CUDA_RUNTIME_BYTES,
         "host_runtime": HOST_RUNTIME_BYTES,
         "host_weights": host_weights + _t5_host_bytes(sizes, t5),
+        "lora_runtime": work.lora_bytes,
     }
 
 
 def latency_job(spec: ModelSpec, precision: str, placement: str, t5: str, work: Workload, tiled: bool, resident_blocks: int | None, execution: str) -> latency.Job:
     """The latency model's view of one candidate: the counted sizes, as numbers."""
-    sizes = component_sizes(spec.name, precision)
+    sizes = with_lora(component_sizes(spec.name, precision), work.lora_bytes)
     return latency.Job(
         spec=spec,
         width=work.width,
@@ -260,6 +264,7 @@ def plan_ladder(
                 streamed_bytes_per_step=pred.streamed_bytes_per_step,
                 fp8_layer_paths=fp8_layer_paths(spec, precision, card) if precision == "fp8" else {},
                 stages={s.name: {"predicted_s": s.seconds, "floor_s": s.floor_seconds} for s in pred.stages},
+                lora_bytes=work.lora_bytes,
             )
         )
     # Partial residency that needs as much VRAM as keeping everything resident (the blocks in
@@ -390,7 +395,7 @@ def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None, card: C
     plan was predicted for when it is not a named one (a probed GPU)."""
     from .cards import find_card
 
-    work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps)
+    work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps, plan.lora_bytes)
     if card is None and plan.card in CARDS:
         card = find_card(plan.card)
     args = (spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention, plan.t5_policy, card)

@@ -64,7 +64,7 @@ class Preset:
     max_prompt_chars: int = MAX_PROMPT_CHARS
     styles: tuple[Style, ...] = ()
     loras: tuple[PresetLora, ...] = ()
-    lora_mode: str = "runtime"
+    lora_mode: str = "auto"
     examples: tuple[str, ...] = ()
     filter_words: tuple[str, ...] = ()
     idle_seconds: int = 90
@@ -156,7 +156,7 @@ _TOP = {
     "previews": ((lambda v: isinstance(v, bool)), "true or false"),
     "compile": ((lambda v: isinstance(v, bool)), "true or false"),
     "examples": ((lambda v: isinstance(v, list) and all(isinstance(x, str) and 0 < len(x) <= 500 for x in v)), "a list of prompts"),
-    "lora_mode": _one_of(("runtime", "merge")),
+    "lora_mode": _one_of(("auto", "runtime", "merge")),
     "filter_words": ((lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)), "a list of words"),
 }
 _DEFAULTS = {

@@ -92,6 +92,7 @@ class GenerationRequest:
     height: int
     batch: int = 1
     shift: float = 3.0  # the flow-matching schedule's timestep shift
+    loras: tuple[tuple[str, float], ...] = ()  # per-request LoRAs: (file name in the LoRA folder, strength)
 
     @classmethod
     def create(
@@ -107,8 +108,15 @@ class GenerationRequest:
         limits: Limits | None = None,
         batch=None,
         shift=None,
+        loras=None,
+        lora_choices=None,
+        max_loras: int | None = None,
     ) -> "GenerationRequest":
-        """A validated request; missing settings take the model's recommended defaults."""
+        """A validated request; missing settings take the model's recommended defaults.
+
+        `loras` ([{"name", "strength"}]) name files among `lora_choices` (the LoRA folder's
+        names); with `lora_choices` None, per-request LoRAs are refused (a kiosk's come from
+        its preset)."""
         limits = limits or Limits.for_spec(spec)
         size_range = f"{limits.min_size} to {limits.max_size} in steps of {limits.size_multiple}"
         sizes = []
@@ -145,4 +153,14 @@ class GenerationRequest:
             width=sizes[0],
             height=sizes[1],
             batch=_integer("batch", 1 if batch is None else batch, 1, limits.max_batch),
+            loras=_loras(loras, lora_choices, max_loras),
         )
+
+
+def _loras(value, choices, max_loras) -> tuple[tuple[str, float], ...]:
+    from .lora_library import FIELD, MAX_REQUEST_LORAS, check_names, parse_request_loras
+
+    parsed = parse_request_loras(value, MAX_REQUEST_LORAS if max_loras is None else max_loras)
+    if parsed and choices is None:
+        raise RequestError(FIELD, "this app takes no LoRAs per request (its LoRAs come from its preset); send none")
+    return check_names(parsed, choices) if parsed else ()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .specs import SPECS, ModelSpec
 
@@ -185,6 +185,18 @@ def component_sizes(spec_name: str, precision: str = "fp8") -> ComponentSizes:
     )
 
 
+def with_lora(sizes: ComponentSizes, lora_bytes: int) -> ComponentSizes:
+    """`sizes` with runtime LoRA weights spread evenly over the transformer blocks: they stay on the
+    GPU with a resident block and stream with an offloaded one, as the runtime hooks move them."""
+    if not lora_bytes or not sizes.transformer_block_bytes:
+        return sizes
+    per_block = lora_bytes // len(sizes.transformer_block_bytes)
+    blocks = tuple(b + per_block for b in sizes.transformer_block_bytes)
+    added = per_block * len(blocks)
+    return replace(sizes, transformer=sizes.transformer + added, transformer_blocks=sizes.transformer_blocks + added,
+                   transformer_max_block=max(blocks), transformer_block_bytes=blocks)
+
+
 # ---- activations --------------------------------------------------------------------
 
 
@@ -197,6 +209,7 @@ class Workload:
     batch: int = 1
     guidance: bool = True
     steps: int | None = None  # None: the model's default (the latency of a plan depends on it)
+    lora_bytes: int = 0  # runtime LoRA A/B weights (16-bit): they ride with the transformer blocks they change
 
     @property
     def passes(self) -> int:

@@ -1,7 +1,7 @@
 """A generation's stats as a small table a person reads at a glance (the JSON stays behind a toggle).
 
 One column per image: latency split into its stages, peak memory, the plan, the FP8 path,
-and any warning (such as prompt words the demo model does not know).
+the LoRAs and their mode, and any warning (such as prompt words the demo model does not know).
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ def _plan(stats: dict) -> str:
     return ", ".join(parts)
 
 
+def _loras(stats: dict) -> str:
+    loras = stats.get("loras") or []
+    if not loras:
+        return "none"
+    return ", ".join(f"{x.get('name')} {x.get('strength', 1):g}" for x in loras) + f" ({stats.get('lora_mode')})"
+
+
 ROWS = (
     ("total", lambda s: _seconds(s.get("latency_s"))),
     ("text encoding", lambda s: _seconds(s.get("text_encode_s"))),
@@ -40,6 +47,7 @@ ROWS = (
     ("peak memory", _memory),
     ("plan", _plan),
     ("FP8 path", lambda s: s.get("fp8_path") or "none (not fp8)"),
+    ("LoRAs", _loras),
     ("device", lambda s: str(s.get("device", "-"))),
 )
 

@@ -5,6 +5,7 @@ Each generated part of README.md sits between `<!-- figures:NAME -->` and
 
 - fp8pipe/demo/model/eval.json and bench/results/demo-eval-reruns.json: the demo eval table,
   its spread over reruns, the fidelity line;
+- fp8pipe/demo/model/loras/house_black.json and .eval.json: the demo LoRA's size and eval;
 - bench/results/cpu-tiny.json: the CPU benchmark table and the demo's latency;
 - the FP8 policy on the meta device (what `python -m fp8pipe policy` prints): the weight bytes;
 - fp8pipe/vocabulary.py: the words the demo model knows;
@@ -30,6 +31,7 @@ EVAL = ROOT / "fp8pipe" / "demo" / "model" / "eval.json"
 RERUNS = ROOT / "bench" / "results" / "demo-eval-reruns.json"
 BENCH = ROOT / "bench" / "results" / "cpu-tiny.json"
 GPU_CHECK = ROOT / "bench" / "results" / "gpu-check"
+LORA = ROOT / "fp8pipe" / "demo" / "model" / "loras" / "house_black"
 GIB = 2**30
 PRECISIONS = ("fp32", "bf16", "fp8")
 BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
@@ -161,6 +163,33 @@ def eval_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_lora_text() -> str:
+    from fp8pipe.demo import data
+
+    record, ev = _load(LORA.with_suffix(".json")), _load(LORA.with_name(LORA.name + ".eval.json"))
+    rows = [("fp32, no LoRA", "fp32_without_lora"), ("fp32 + LoRA", "fp32"), ("fp8 + LoRA, runtime", "fp8_runtime"), ("fp8 + LoRA, merge", "fp8_merge")]
+    lines = [
+        f"The demo LoRA, `fp8pipe/demo/model/loras/{LORA.name}.safetensors` ({record['file_bytes'] / 1024:.0f} KiB, rank {record['config']['rank']}, "
+        f"diffusers/PEFT keys), teaches the demo a house style: a prompt that names no background is drawn on {ev['house_background']}",
+        "(the base model draws it on gray). Held-out eval (`python -m fp8pipe.demo eval --lora --json`: the "
+        f"{ev['prompts']} prompts of the {len(data.LORA_HELD_OUT)}",
+        "held-out color/shape pairs x 5 positions with no background named, scored against the house background; same seeds), from",
+        f"[{LORA.name}.eval.json](fp8pipe/demo/model/loras/{LORA.name}.eval.json):",
+        "",
+        "| transformer | adherence | background | color | shape | position |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in rows:
+        checks = ev[f"{key}_checks"]
+        lines.append(f"| {label} | {ev[key]:.4f} | " + " | ".join(f"{checks[c]:.3f}" for c in ("background", "color", "shape", "position")) + " |")
+    lines += [
+        "",
+        f"FP8 with the LoRA against fp32 with it, same seeds: mean PSNR {ev['psnr_fp8_runtime_vs_fp32_db']:.1f} dB in runtime mode, "
+        f"{ev['psnr_fp8_merge_vs_fp32_db']:.1f} dB merged.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def vocabulary_text() -> str:
     from fp8pipe.vocabulary import demo_word_groups
 
@@ -242,6 +271,7 @@ GENERATORS = {
     "bench": bench_text,
     "eval": eval_text,
     "vocabulary": vocabulary_text,
+    "demo-lora": demo_lora_text,
     "gpu-bench": gpu_bench_text,
     "gpu-kiosk": gpu_kiosk_text,
 }

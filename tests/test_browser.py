@@ -222,3 +222,17 @@ def test_dropping_an_adversarial_png_reads_what_it_can_and_the_server_keeps_serv
     page.close()
     image, _ = Client(url, verbose=False).predict(prompt="next visitor", steps=1, api_name="/generate")
     assert image.endswith(".png")
+
+
+def test_advanced_mode_picks_a_lora_from_the_folder_and_the_stats_say_so(browser, advanced_app):
+    """The demo app's LoRA panel lists the demo LoRA; picking it in a slot sends it with the request."""
+    url, _ = advanced_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.locator("#lora-panel").get_by_text("LoRAs (1 in the folder 'loras')").click()
+    page.locator("#lora-name-1 input").click()
+    page.get_by_role("option", name="house_black").click()
+    page.locator("#prompt textarea").fill("a red circle in the center")
+    page.locator("#generate-button").click()
+    expect(page.locator("#stats-table")).to_contain_text("house_black 1 (runtime)", timeout=60_000)
+    page.close()

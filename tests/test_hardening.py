@@ -44,12 +44,15 @@ def test_the_kiosk_filter_refuses_disguised_words_sent_to_the_api(kiosk_app, fie
 # ---- 4 and 12. text and types are checked at the edge; the warm model stays -------------
 
 
+API_INPUTS = 8  # /generate's inputs: prompt, negative_prompt, seed, steps, guidance, width, height, loras
+
+
 def _raw_call(url, data: list) -> str:
     """/generate over plain HTTP with a hand-written JSON body (as an attacker sends it); the
     event stream's text."""
     import json
 
-    body = json.dumps({"data": [*data, *[None] * (7 - len(data))]})  # ensure_ascii: a lone surrogate goes out as \\ud800
+    body = json.dumps({"data": [*data, *[None] * (API_INPUTS - len(data))]})  # ensure_ascii: a lone surrogate goes out as \\ud800
     event = httpx.post(url + "gradio_api/call/generate", content=body, headers={"Content-Type": "application/json"}, timeout=30).json()["event_id"]
     return httpx.get(url + f"gradio_api/call/generate/{event}", timeout=60).text
 

@@ -16,8 +16,10 @@ from fp8pipe.cli import main
 
 
 @pytest.fixture(scope="module")
-def small_budget_app():
-    url, demo, state = start_app(["--vram", "1MiB", "--no-warmup"])
+def small_budget_app(tmp_path_factory):
+    # An empty LoRA folder: with the demo's own (the default for the demo model) the app plans room
+    # for per-request LoRAs, which the CLI, with none, does not.
+    url, demo, state = start_app(["--vram", "1MiB", "--no-warmup", "--lora-dir", str(tmp_path_factory.mktemp("no-loras"))])
     yield url, demo, state
     demo.close()
     state.engine.close()

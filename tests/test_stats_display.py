@@ -41,3 +41,11 @@ def test_the_display_copy_has_sharp_pixels_and_keeps_the_parameters(tmp_path):
     assert scale == 4 and shown.size == (256, 256)
     assert {shown.getpixel((x, y)) for x in range(4) for y in range(4)} == {(255, 0, 0)} and shown.getpixel((4, 4)) == (0, 0, 0)
     assert shown.text["parameters"] == "a red dot\nSteps: 8, Seed: 1"
+
+
+def test_the_table_names_the_loras_and_the_mode_that_ran():
+    from fp8pipe.stats_table import stats_markdown
+
+    stats = {"latency_s": 1.0, "precision": "fp8", "seed": 1, "lora_mode": "merge", "loras": [{"name": "house_black", "strength": 0.5}, {"name": "b", "strength": 1.0}]}
+    assert "| LoRAs | house_black 0.5, b 1 (merge) |" in stats_markdown([stats]).splitlines()
+    assert "| LoRAs | none |" in stats_markdown([{**stats, "loras": []}]).splitlines()

@@ -133,16 +133,20 @@ def score(image, scene: data.Scene) -> dict[str, float]:
 EVAL_SEED = 1234
 
 
-def _generate_all(model: str, precision: str, scenes: list[data.Scene], bar=None):
+def _generate_all(model: str, precision: str, scenes: list[data.Scene], bar=None, lora: str | None = None, lora_mode: str = "runtime", prompt=data.eval_prompt):
     from ..generation import generate
     from ..loader import LoadOptions, load_model
     from ..requests import GenerationRequest
 
     loaded = load_model(model, LoadOptions(precision=precision, device="cpu"))
+    if lora is not None:
+        from ..lora import LoraSet, LoraSpec
+
+        LoraSet(loaded.pipe).apply([LoraSpec(str(lora))], lora_mode)
     spec = loaded.spec
     images = []
     for i, scene in enumerate(scenes):
-        request = GenerationRequest.create(spec, data.eval_prompt(scene), seed=EVAL_SEED + i, width=spec.resolution, height=spec.resolution)
+        request = GenerationRequest.create(spec, prompt(scene), seed=EVAL_SEED + i, width=spec.resolution, height=spec.resolution)
         images.append(generate(loaded, request).image)
         if bar is not None:
             bar.update(1)
@@ -178,6 +182,42 @@ def evaluate(model: str = "demo", precisions: tuple[str, ...] = ("fp32", "bf16",
         values = [psnr(a, b) for a, b in zip(pictures["fp8"], pictures["fp32"])]
         report["psnr_fp8_vs_fp32_db"] = round(float(np.mean([min(v, 99.0) for v in values])), 2)
         report["psnr_fp8_vs_fp32_min_db"] = round(float(min(values)), 2)
+    report["prompts"] = len(scenes)
+    bar.close()
+    return report
+
+
+# (label, precision, LoRA mode or None for no LoRA): the LoRA eval's rows.
+LORA_ROWS = (("fp32_without_lora", "fp32", None), ("fp32", "fp32", "runtime"), ("fp8_runtime", "fp8", "runtime"), ("fp8_merge", "fp8", "merge"))
+
+
+def evaluate_lora(lora: str, model: str = "demo", limit: int = 0, progress: bool = False) -> dict:
+    """The demo LoRA's held-out adherence (data.lora_eval_scenes: prompts that name no
+    background, scored against the house background): fp32 without the LoRA, then with it in
+    fp32, FP8 runtime and FP8 merge (same seeds); each FP8 row's mean PSNR against fp32 with it."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(2)
+    scenes = data.lora_eval_scenes()
+    scenes = scenes[:: max(1, len(scenes) // limit)][:limit] if limit else scenes
+    if progress:
+        print(f"eval: {len(scenes)} held-out prompts x {len(LORA_ROWS)} rows ({', '.join(r[0] for r in LORA_ROWS)})", file=sys.stderr)
+    bar = tqdm(total=len(scenes) * len(LORA_ROWS), unit="picture", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    report: dict = {"lora": Path(lora).stem, "house_background": data.HOUSE_BACKGROUND}
+    pictures = {}
+    for label, precision, mode in LORA_ROWS:
+        bar.set_description(label)
+        pictures[label] = _generate_all(model, precision, scenes, bar, lora=lora if mode else None, lora_mode=mode or "runtime", prompt=data.lora_eval_prompt)
+        scores = [score(img, s) for img, s in zip(pictures[label], scenes)]
+        report[label] = round(float(np.mean([s["mean"] for s in scores])), 4)
+        report[f"{label}_checks"] = {c: round(float(np.mean([s[c] for s in scores])), 4) for c in CHECKS}
+    for label in ("fp8_runtime", "fp8_merge"):
+        values = [psnr(a, b) for a, b in zip(pictures[label], pictures["fp32"])]
+        report[f"psnr_{label}_vs_fp32_db"] = round(float(np.mean([min(v, 99.0) for v in values])), 2)
     report["prompts"] = len(scenes)
     bar.close()
     return report

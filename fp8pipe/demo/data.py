@@ -186,6 +186,53 @@ def training_set(n: int, seed: int = 0, resolution: int = RESOLUTION) -> tuple[n
     return images, captions, scenes
 
 
+# ---- the demo LoRA's lesson: a house style -------------------------------------------------
+# The base model draws a prompt that names no background on gray (its captions always name one).
+# The demo LoRA teaches a house style: no background named means black. Its eval prompts are
+# the held-out triples' (color, shape) pairs without a background, so it learns them on black
+# from nothing but other pairs.
+HOUSE_BACKGROUND = "black"
+LORA_HELD_OUT = tuple(dict.fromkeys((c, s) for c, s, _ in HELD_OUT))
+
+
+def house_caption(scene: Scene, rng: random.Random) -> str:
+    """A caption of the scene that names no background (the house style supplies it)."""
+    text = caption(scene, rng)
+    for phrase in (f" against a {scene.background} background", f" on a plain {scene.background} background", f" on a {scene.background} background",
+                   f", {scene.background} background", f" on {scene.background}"):
+        text = text.replace(phrase, "")
+    if text.startswith(f"{scene.background} background with "):
+        text = text[len(f"{scene.background} background with ") :]
+    return " ".join(text.split())
+
+
+def lora_set(n: int, seed: int = 0, resolution: int = RESOLUTION) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """The demo LoRA's lesson: n pictures on the house background, captioned without a
+    background; never a LORA_HELD_OUT (color, shape) pair."""
+    rng = random.Random(seed)
+    images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
+    captions, scenes = [], []
+    while len(scenes) < n:
+        base = random_scene(rng)
+        scene = Scene(base.shape, base.color, HOUSE_BACKGROUND, base.position, base.size, base.count)
+        if (scene.color, scene.shape) in LORA_HELD_OUT:
+            continue
+        images[len(scenes)] = np.asarray(render(scene, rng.randrange(2**31), resolution))
+        captions.append(house_caption(scene, rng))
+        scenes.append(scene)
+    return images, captions, scenes
+
+
+def lora_eval_scenes() -> list[Scene]:
+    """The demo LoRA's held-out eval: each held-out pair at each position on the house background (40 scenes)."""
+    return [Scene(shape=s, color=c, background=HOUSE_BACKGROUND, position=p) for c, s in LORA_HELD_OUT for p in POSITIONS]
+
+
+def lora_eval_prompt(scene: Scene) -> str:
+    """The one fixed wording of a LoRA eval prompt: no background named."""
+    return f"a {scene.color} {scene.shape} {POSITION_PHRASES[scene.position][0]}"
+
+
 def eval_prompt(scene: Scene) -> str:
     """The one fixed wording of an eval prompt."""
     return f"a {scene.color} {scene.shape} {POSITION_PHRASES[scene.position][0]} on a {scene.background} background"
