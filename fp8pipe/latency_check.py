@@ -92,7 +92,10 @@ def published_rows(path: Path = PUBLISHED) -> list[dict]:
         job = _published_job(t)
         pred = latency.predict(job, CARDS[t["card"]])
         what = f"{t['model']} {t['precision']} {t['execution']}, T5 {t['t5']}, {t['steps']} steps, guidance {t['guidance']:g} on the {t['card']} ({t['source']})"
-        rows.append(_row("published", what, t["px"], "image", t["seconds"], pred.latency_s, pred.floor_s))
+        if t.get("quantity", "image") == "step":  # the source's it/s: one denoise step (both CFG halves)
+            rows.append(_row("published", what, t["px"], "step", t["seconds"], pred.step_s, pred.step_floor_s))
+        else:
+            rows.append(_row("published", what, t["px"], "image", t["seconds"], pred.latency_s, pred.floor_s))
     return rows
 
 
