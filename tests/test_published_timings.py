@@ -18,6 +18,18 @@ def test_every_published_timing_names_a_known_card_a_source_and_its_settings():
         assert t["card"] in CARDS
         assert t["source"].startswith("https://")
         assert {"model", "precision", "execution", "t5", "px", "steps", "guidance", "seconds"} <= set(t)
+        assert t.get("quantity", "image") in ("image", "step")
+
+
+def test_a_per_step_timing_is_compared_with_the_predicted_step_not_the_whole_image():
+    timings = _timings()
+    rows = latency_check.published_rows()
+    for t, r in zip(timings, rows, strict=True):
+        assert r["quantity"] == t.get("quantity", "image")
+        assert r["measured"] == t["seconds"]
+    step = next(r for r in rows if r["quantity"] == "step")
+    image = next(r for r in rows if r["quantity"] == "image")
+    assert step["predicted"] < image["predicted"] / 10
 
 
 def test_every_published_timing_is_predicted_within_the_band_and_above_its_floor():
