@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto: a GPU when there is one)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="send generations to the replicas that `python -m fp8pipe serve` deployed on a Ray cluster (auto: this machine's; ADDRESS: HOST:PORT); the replicas' preset sets their device, VRAM and LoRAs (default: off, the engine runs in this process)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file on every picture (with the preset's [[loras]]); repeatable")
     p.add_argument("--lora-mode", default=None, choices=("runtime", "merge"), help="how LoRAs are applied (default: the preset's, else runtime)")
     p.add_argument(
@@ -589,9 +590,14 @@ def create_app(args) -> tuple[object, App]:
 
     spaces = zerogpu.spaces_module()  # None unless ZeroGPU is active: then no warm-up (it would not carry into the calls), no compile
     loras = _loras(args, preset)
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False,
-                    loras=loras, lora_mode=args.lora_mode or preset.lora_mode)
-    engine.start(models=[(model, preset.precision)])
+    if args.ray:  # the same request path, the jobs on Ray Serve replicas (fp8pipe.cluster)
+        from fp8pipe.cluster.backend import RayBackend
+
+        engine = RayBackend.connect(args.ray)
+    else:
+        engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=False,
+                        loras=loras, lora_mode=args.lora_mode or preset.lora_mode)
+        engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     try:
         preset.check_for(spec)
