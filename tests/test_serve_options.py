@@ -116,3 +116,20 @@ def test_without_the_flag_the_app_starts_without_importing_ray():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_readme_table_is_the_committed_serve_benchmarks():
+    import re
+
+    block = re.search(r"<!-- serve-table -->\n(.*?)\n<!-- /serve-table -->", (ROOT / "README.md").read_text(), re.S).group(1)
+    committed = [line for line in (ROOT / "bench" / "results" / "serve-cpu.md").read_text().splitlines() if line.startswith("|")]
+    assert block.splitlines() == committed
+
+
+def test_the_committed_serve_benchmark_has_a_row_per_replica_count():
+    import json
+
+    report = json.loads((ROOT / "bench" / "results" / "serve-cpu.json").read_text())
+    assert [r["replicas"] for r in report["rows"]] == [1, 2]
+    assert all({"images_per_s", "p50_s", "p95_s"} <= set(r) for r in report["rows"])
+    assert report["command"].startswith("python -m fp8pipe serve --bench") and "ray" in report["versions"] and "cpu" in report["machine"]

@@ -141,7 +141,7 @@ def run_bench(counts: list[int], clients: int = 8, images: int = 48, model: str 
     for r in rows:
         r["speedup_vs_1"] = round(r["images_per_s"] / base, 3) if base else None
     report = {
-        "command": "python -m fp8pipe serve --bench " + " ".join(sys.argv[sys.argv.index("--bench") + 1 :] if "--bench" in sys.argv else []),
+        "command": " ".join(["python -m fp8pipe serve --bench", *(sys.argv[sys.argv.index("--bench") + 1 :] if "--bench" in sys.argv else [])]),
         "what": f"{model} via preset {preset}: {defaults['steps']} steps, {defaults['width']}x{defaults['height']} px, batch 1, Ray Serve handle, streaming progress",
         "versions": _versions(),
         "machine": machine,
