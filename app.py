@@ -30,7 +30,7 @@ HISTORY_SIZE = 24
 HEARTBEAT_SECONDS = 0.25  # a running event yields at least this often, so Gradio can stop it
 MAX_UPLOAD = "20mb"  # the advanced mode's PNG drop; the kiosk has no upload field and accepts none
 SESSION_CAPACITY = 500  # sessions whose state Gradio keeps (Gradio's default, 10000, can hold a gigabyte)
-GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
+GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time (per replica with --ray)
 log = logging.getLogger("fp8pipe.app")
 
 import gradio as gr  # noqa: E402
@@ -97,6 +97,7 @@ class App:
     gpu_stream: object = None  # ZeroGPU: the job's stream, run inline inside a @spaces.GPU call
     image_filter: object = None  # fp8pipe.image_filter.ImageFilter, or None when the preset has none
     public_url: str | None = None  # where visitors' phones reach this server: the kiosk shows a QR code
+    slots: int = 1  # generations at once: 1 for the in-process engine, the replicas with --ray
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
 
@@ -338,7 +339,7 @@ def build_kiosk(app: App):
                 [image, status, last_active, qr, takehome, drawing],
                 api_visibility="private",
                 concurrency_id=GPU_QUEUE,
-                concurrency_limit=1,
+                concurrency_limit=app.slots,
                 trigger_mode="once",
                 show_progress_on=[image],  # the queue's place and ETA show where the picture will appear
             )
@@ -475,7 +476,7 @@ def build_advanced(app: App):
             [gallery, stats_table, stats, history_items, history, compare_row, diff],
             api_visibility="private",
             concurrency_id=GPU_QUEUE,
-            concurrency_limit=1,
+            concurrency_limit=app.slots,
         )
 
         def read_parameters(image):
@@ -538,7 +539,7 @@ def _add_api(app: App) -> None:
         """One image and its stats; left-out settings take the preset's defaults."""
         yield from fn(prompt, negative_prompt, seed, steps, guidance, width, height, request=request)
 
-    a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=1)
+    a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=app.slots)
 
     def describe():
         if app.kiosk:  # a public kiosk tells strangers nothing about the machine
@@ -616,6 +617,7 @@ def create_app(args) -> tuple[object, App]:
         proxy_header=args.trusted_proxy_header,
         image_filter=image_filter,
         public_url=args.public_url,
+        slots=getattr(engine, "slots", 1),
     )
     if args.kiosk:  # the attract screen shows pictures from the first second
         from fp8pipe.attract import example_pictures

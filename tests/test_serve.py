@@ -178,7 +178,7 @@ def test_app_with_ray_serves_through_gradio_client_with_the_kiosk_limits(cluster
     try:
         from fp8pipe.cluster.backend import RayBackend
 
-        assert isinstance(state.engine, RayBackend)
+        assert isinstance(state.engine, RayBackend) and state.slots == 2  # one generation per replica at once
         client = Client(url, verbose=False)
         image, stats = client.predict(prompt="a red circle", seed=9, api_name="/generate")
         assert Image.open(image).size == (64, 64) and stats["steps"] == 2 and stats["seed"] == 9  # the kiosk preset's defaults

@@ -203,6 +203,21 @@ class RayBackend:
         self._jobs: set[RemoteJob] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._slots: int | None = None
+
+    @property
+    def slots(self) -> int:
+        """How many jobs the front should run at once: the deployment's (largest) replica count,
+        so each replica has one and its queue stays for bursts."""
+        if self._slots is None:
+            try:
+                serving = self.handle.describe.remote().result(timeout_s=SPEC_TIMEOUT_S).get("serving") or {}
+                self._slots = int(serving.get("max_replicas") or serving.get("replicas") or 0)
+            except Exception:  # an older or foreign deployment: the replicas running now
+                log.warning("the deployment did not say its replica count; using the replicas running now")
+            if not self._slots:
+                self._slots = max(1, self.describe()["replicas"].get("RUNNING", 1))
+        return self._slots
 
     @classmethod
     def connect(cls, address: str = "auto", name: str = APP_NAME) -> RayBackend:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 
 from ray import serve
 
@@ -24,7 +25,9 @@ from .options import APP_NAME, DEPLOYMENT_NAME, STALL_SECONDS, ServeOptions, dep
 
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=1)
 class EngineReplica:
-    def __init__(self, model: str | None = None, preset: str = "cpu-demo", device: str = "auto", threads: int | None = 1, warmup: bool = True, stall_s: float = STALL_SECONDS):
+    def __init__(
+        self, model: str | None = None, preset: str = "cpu-demo", device: str = "auto", threads: int | None = 1, warmup: bool = True, stall_s: float = STALL_SECONDS, serving: dict | None = None
+    ):
         import torch
 
         if threads:
@@ -37,6 +40,7 @@ class EngineReplica:
         _quiet_libraries()
         chosen = load_preset(preset)
         self.model, self.precision, self.stall_s = model or chosen.model, chosen.precision, stall_s
+        self.serving = serving or {}  # the deployment's ServeOptions, for the front's concurrency
         loras = [LoraSpec(x.file, x.strength) for x in chosen.loras]
         self.engine = Engine(device=device, vram_budget=chosen.vram, warmup=warmup, t5=chosen.t5, loras=loras, lora_mode=chosen.lora_mode)
         self.engine.start(models=[(self.model, self.precision)])
@@ -53,7 +57,7 @@ class EngineReplica:
         return self.engine.spec_for(model or self.model)
 
     def describe(self) -> dict:
-        return {**self.engine.describe(), "replica": self.replica, "model": self.model, "precision": self.precision, "served": self.served, "cancelled": self.cancelled}
+        return {**self.engine.describe(), "replica": self.replica, "model": self.model, "precision": self.precision, "served": self.served, "cancelled": self.cancelled, "serving": self.serving}
 
     def _beat(self, _progress=None) -> None:
         self._last_step = time.monotonic()
@@ -85,7 +89,7 @@ class EngineReplica:
             result = await done
             self.served += 1
             result.stats["replica"] = self.replica
-            result.stats["replica_jobs"] = {"served": self.served, "cancelled": self.cancelled}
+            result.stats["replica_jobs"] = {"served": self.served, "cancelled": self.cancelled, "serving": self.serving}
             yield result
         finally:
             if not job.done():  # the client cancelled or went away: stop at the next step
@@ -110,7 +114,7 @@ class EngineReplica:
 
 def application(options: ServeOptions, model: str | None = None, preset: str = "cpu-demo", device: str = "auto", warmup: bool = True):
     """The bound Serve application: `options` for the deployment, the rest for each replica."""
-    return EngineReplica.options(**deployment_options(options)).bind(model, preset, device, options.threads, warmup, options.stall_s)
+    return EngineReplica.options(**deployment_options(options)).bind(model, preset, device, options.threads, warmup, options.stall_s, asdict(options))
 
 
 def build_app(args: dict):
