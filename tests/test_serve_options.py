@@ -133,3 +133,61 @@ def test_the_committed_serve_benchmark_has_a_row_per_replica_count():
     assert [r["replicas"] for r in report["rows"]] == [1, 2]
     assert all({"images_per_s", "p50_s", "p95_s"} <= set(r) for r in report["rows"])
     assert report["command"].startswith("python -m fp8pipe serve --bench") and "ray" in report["versions"] and "cpu" in report["machine"]
+
+
+@pytest.fixture(scope="module")
+def replica():
+    """The deployment's class itself, outside Ray (its own engine, this process's threads)."""
+    from fp8pipe.cluster.replica import EngineReplica
+
+    made = EngineReplica.func_or_class(model="demo", preset="cpu-demo", device="cpu", threads=None, warmup=False)
+    yield made
+    made.engine.close()
+
+
+def streamed(replica, **fields) -> list:
+    """Everything the replica's generate() yields for one request."""
+    import asyncio
+
+    async def collect():
+        return [item async for item in replica.generate(replica.engine.request("demo", prompt="a dot", seed=1, **fields))]
+
+    return asyncio.run(collect())
+
+
+def test_a_replica_streams_its_name_each_step_then_the_result(replica):
+    from fp8pipe.seam import Progress, Result
+
+    items = streamed(replica, steps=3)
+    assert items[0] == {"replica": "local"}
+    assert [i.step for i in items[1:-1] if isinstance(i, Progress)] == [1, 2, 3]
+    assert isinstance(items[-1], Result) and items[-1].stats["replica"] == "local"
+
+
+def test_a_stream_closed_mid_run_cancels_the_replicas_job_and_leaves_it_idle(replica):
+    import asyncio
+
+    from fp8pipe.seam import Progress
+
+    async def cancel_after_first_step():
+        stream = replica.generate(replica.engine.request("demo", prompt="a dot", seed=1, steps=50, width=256, height=256))
+        async for item in stream:
+            if isinstance(item, Progress):
+                break
+        await stream.aclose()  # what Serve does when the client cancels
+
+    before = replica.cancelled
+    asyncio.run(cancel_after_first_step())
+    assert replica.cancelled == before + 1 and not replica._running
+    assert replica.engine.describe()["queued"] == 0
+    assert streamed(replica, steps=2)[-1].image is not None  # the worker is free for the next job
+
+
+def test_a_replica_whose_engine_worker_stopped_fails_its_health_check():
+    from fp8pipe.cluster.replica import EngineReplica
+
+    made = EngineReplica.func_or_class(model="demo", preset="cpu-demo", device="cpu", threads=None, warmup=False)
+    made.check_health()
+    made.engine.close()
+    with pytest.raises(RuntimeError, match="the engine's worker thread has stopped"):
+        made.check_health()

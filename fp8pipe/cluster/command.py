@@ -85,6 +85,9 @@ def cmd_serve(args) -> int:
     if not local:
         return 0  # the deployment lives on the cluster
     print("this command holds the local cluster: Ctrl-C stops it", file=sys.stderr)
+    from ..startup import stop_on_signals
+
+    stop_on_signals()  # SIGTERM as Ctrl-C: the cluster is shut down below
     try:
         import threading
 
@@ -96,6 +99,7 @@ def cmd_serve(args) -> int:
 
         serve.shutdown()
         ray.shutdown()
+        print("fp8pipe serve stopped", file=sys.stderr)
     return 0
 
 
