@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(str(e))
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
         p.error("--auth must be USER:PASS with both parts non-empty")
+    if args.ray and (args.lora or args.vram):
+        p.error("--lora and --vram are the replicas' settings with --ray: put them in the preset that `python -m fp8pipe serve --preset` deploys")
     if args.queue_size is not None and not 1 <= args.queue_size <= 1000:
         p.error("--queue-size must be from 1 to 1000")
     if not 1 <= args.port <= 65535:

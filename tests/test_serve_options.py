@@ -191,3 +191,11 @@ def test_a_replica_whose_engine_worker_stopped_fails_its_health_check():
     made.engine.close()
     with pytest.raises(RuntimeError, match="the engine's worker thread has stopped"):
         made.check_health()
+
+
+def test_the_replicas_settings_are_refused_at_the_front_with_ray(capsys):
+    import app as webapp
+
+    with pytest.raises(SystemExit):
+        webapp.parse_args(["--ray", "auto", "--vram", "8GiB"])
+    assert "--lora and --vram are the replicas' settings with --ray" in capsys.readouterr().err
