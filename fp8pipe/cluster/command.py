@@ -32,6 +32,8 @@ def add_serve_command(subparsers) -> None:
     s.add_argument("--bench-replicas", default="1,2", help="--bench: comma list of replica counts (default 1,2)")
     s.add_argument("--clients", type=int, default=8, help="--bench: concurrent clients (default 8)")
     s.add_argument("--images", type=int, default=48, help="--bench: counted images per replica count (default 48)")
+    s.add_argument("--bench-size", type=int, default=None, help="--bench: square image size in px (default: the preset's)")
+    s.add_argument("--bench-steps", type=int, default=None, help="--bench: denoising steps (default: the preset's)")
     s.add_argument("--out", default="bench/results/serve-cpu", help="--bench: writes OUT.json and OUT.md (default bench/results/serve-cpu)")
     s.set_defaults(func=cmd_serve)
 
@@ -62,7 +64,7 @@ def cmd_serve(args) -> int:
         from .bench import run_bench
 
         counts = [int(x) for x in args.bench_replicas.split(",") if x.strip()]
-        return run_bench(counts, clients=args.clients, images=args.images, model=args.model or preset.model, preset=args.preset, threads=args.threads, out=args.out)
+        return run_bench(counts, clients=args.clients, images=args.images, model=args.model or preset.model, preset=args.preset, threads=args.threads, out=args.out, size=args.bench_size, steps=args.bench_steps)
     options = serve_options(args, preset)
     try:
         address, local = _join_or_start(args.address, options)
