@@ -26,7 +26,7 @@ BOUND_S = 120  # nothing here may wait longer than this
 @pytest.fixture(scope="module")
 def cluster():
     """(backend, address): a RayBackend on two replicas of the demo model."""
-    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    saved = {k: os.environ.get(k) for k in [*RAY_ENV, "RAY_AUTH_MODE"]}  # connect() may set RAY_AUTH_MODE
     os.environ.update(RAY_ENV)
     import ray
     from ray import serve
@@ -35,7 +35,7 @@ def cluster():
     from fp8pipe.cluster.options import ServeOptions
     from fp8pipe.cluster.replica import deploy
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         address = ray.get_runtime_context().gcs_address
         assert address.startswith("127.0.0.1:")

@@ -82,23 +82,28 @@ def test_the_serve_config_file_in_the_repo_is_valid_and_builds_the_application()
         build_app({"replica": 2})
 
 
-def closed_address() -> str:
+RAY_ENV = ("RAY_USAGE_STATS_ENABLED", "RAY_SERVE_LOG_TO_STDERR", "RAY_AUTH_MODE")
+
+
+def closed_address(monkeypatch) -> str:
+    for name in RAY_ENV:  # connect() sets them: put back after the test
+        monkeypatch.delenv(name, raising=False)
     return f"127.0.0.1:{free_port()}"  # nothing listens there
 
 
-def test_an_unreachable_cluster_gives_one_message_naming_the_address_and_ray_start(capsys):
+def test_an_unreachable_cluster_gives_one_message_naming_the_address_and_ray_start(capsys, monkeypatch):
     import app as webapp
 
-    address = closed_address()
+    address = closed_address(monkeypatch)
     assert webapp.main(["--ray", address, "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert f"error: cannot reach a Ray cluster at {address}" in err and "`ray start --head`" in err and "Traceback" not in err
 
 
-def test_serve_on_an_unreachable_cluster_says_the_same(capsys):
+def test_serve_on_an_unreachable_cluster_says_the_same(capsys, monkeypatch):
     from fp8pipe.cli import main
 
-    address = closed_address()
+    address = closed_address(monkeypatch)
     assert main(["serve", "--address", address]) == 2
     err = capsys.readouterr().err
     assert f"error: cannot reach a Ray cluster at {address}" in err and "`ray start --head`" in err
@@ -199,3 +204,12 @@ def test_the_replicas_settings_are_refused_at_the_front_with_ray(capsys):
     with pytest.raises(SystemExit):
         webapp.parse_args(["--ray", "auto", "--vram", "8GiB"])
     assert "--lora and --vram are the replicas' settings with --ray" in capsys.readouterr().err
+
+
+def test_auto_with_nothing_answering_fails_at_once_naming_what_it_found(monkeypatch):
+    from fp8pipe.cluster.backend import ClusterUnreachable, connect
+
+    address = closed_address(monkeypatch)
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    with pytest.raises(ClusterUnreachable, match=f"cannot reach a Ray cluster at auto .*auto found {address}"):
+        connect("auto")

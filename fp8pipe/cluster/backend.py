@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 from ..seam import Cancelled, EngineClosed, Progress, QueueFull, Result
 from ..startup import StartupError
@@ -39,15 +40,21 @@ class ReplicaLost(RuntimeError):
 
 
 def quiet_ray_environment() -> None:
-    """No usage-stats prompt or upload, no dashboard noise (set before Ray starts)."""
+    """No usage-stats prompt or upload, no dashboard noise (set before Ray starts). When this
+    machine has a Ray token (what `ray start` and a local cluster use by default since Ray
+    2.5x), present it: a driver joining an existing cluster does not do so by itself."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file()
+    if has_token:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def unreachable(address: str, why: str) -> ClusterUnreachable:
     return ClusterUnreachable(
         f"cannot reach a Ray cluster at {address} ({why}). Start one with `ray start --head` on the machine with the GPUs "
-        "(it prints the address to pass as --ray), then deploy the model there: python -m fp8pipe serve --replicas N --address auto"
+        "(it prints the address to pass as --ray), then deploy the model there: python -m fp8pipe serve --replicas N --address auto. "
+        "A cluster that is running but refuses this machine wants its token: copy the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN)"
     )
 
 
@@ -62,22 +69,40 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _auto_address() -> str | None:
+    """What Ray's "auto" means: RAY_ADDRESS, else the cluster this machine started last (its
+    address file may outlive it, so the caller checks that it answers)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address() or None
+    except Exception:  # a Ray without this helper: let ray.init resolve it
+        return "auto"
+
+
 def connect(address: str = "auto", timeout_s: float = 3.0) -> None:
     """Join the Ray cluster at `address` (auto: the one this machine runs or RAY_ADDRESS names).
-    Reuses this process's connection when there is one."""
+    Reuses this process's connection when there is one. Fails in seconds, not minutes, when
+    nothing answers there."""
     quiet_ray_environment()
-    target = _host_port(address)
-    if target is not None:
-        try:
-            socket.create_connection(target, timeout=timeout_s).close()
-        except OSError as e:
-            raise unreachable(address, e.strerror or type(e).__name__) from None
     import ray
 
     if ray.is_initialized():
         return
+    resolved = _auto_address() if address == "auto" else address
+    if resolved is None:
+        raise unreachable(address, "no Ray cluster runs on this machine and RAY_ADDRESS is not set")
+    target = _host_port(resolved)
+    if target is not None:
+        try:
+            socket.create_connection(target, timeout=timeout_s).close()
+        except OSError as e:
+            where = "" if resolved == address else f"; auto found {resolved}, the cluster this machine started last"
+            raise unreachable(address, (e.strerror or type(e).__name__) + where) from None
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+        ray.init(address=resolved, log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise unreachable(address, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
 

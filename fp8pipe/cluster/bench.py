@@ -127,7 +127,7 @@ def run_bench(
     import ray
     from ray import serve
 
-    ray.init(num_cpus=max(counts) * threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=max(counts) * threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for count in counts:
             print(f"bench: {count} replica(s), {clients} clients, {images} images ...", file=sys.stderr)

@@ -123,6 +123,6 @@ def _join_or_start(address: str | None, options) -> tuple[str, bool]:
     quiet_ray_environment()
     import ray
 
-    ray.init(num_cpus=max(options.replicas, options.max_replicas or 0) * options.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=max(options.replicas, options.max_replicas or 0) * options.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray.get_runtime_context().gcs_address, True
 
