@@ -71,10 +71,10 @@ class EngineReplica:
             self._beat()
             loop.call_soon_threadsafe(updates.put_nowait, progress)
 
-        self._running = True
-        self._beat()
         job = self.engine.submit(request, model or self.model, precision or self.precision, on_progress=on_progress, preview=preview, t5=t5)
         done = asyncio.wrap_future(job.future)
+        self._running = True
+        self._beat()
         try:
             yield {"replica": self.replica}
             while not done.done():
