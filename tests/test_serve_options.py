@@ -213,3 +213,13 @@ def test_auto_with_nothing_answering_fails_at_once_naming_what_it_found(monkeypa
     monkeypatch.setenv("RAY_ADDRESS", address)
     with pytest.raises(ClusterUnreachable, match=f"cannot reach a Ray cluster at auto .*auto found {address}"):
         connect("auto")
+
+
+def test_the_benchmarks_percentiles_interpolate_between_order_statistics():
+    from fp8pipe.cluster.bench import percentile
+
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == pytest.approx(4.8)
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 0.5)

@@ -98,6 +98,7 @@ def _machine() -> dict:
         "platform": platform.platform(),
         "host_ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "niceness": os.nice(0),  # run under `nice -n 10` beside other programs
     }
 
 
@@ -179,7 +180,7 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`",
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, load average {m['load_average_at_start']} at the start and {m['load_average_at_end']} at the end "
-        "(other programs shared these cores).",
+        f"(other programs shared these cores; this run at niceness {m.get('niceness')}).",
         "",
         f"Versions: ray {v['ray']}, torch {v['torch']}, diffusers {v['diffusers']}, Python {v['python']}.",
         "",
