@@ -223,3 +223,13 @@ def test_the_benchmarks_percentiles_interpolate_between_order_statistics():
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == pytest.approx(4.8)
     with pytest.raises(ValueError, match="no values"):
         percentile([], 0.5)
+
+
+def test_ray_accepts_the_autoscaling_settings():
+    from fp8pipe.cluster.replica import EngineReplica
+
+    deployment = EngineReplica.options(**deployment_options(ServeOptions(replicas=2, min_replicas=1, max_replicas=4, target_ongoing_requests=1.5)))
+    config = deployment._deployment_config  # Ray's own validated model of the options
+    scaling = config.autoscaling_config
+    assert (scaling.min_replicas, scaling.initial_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 2, 4, 1.5)
+    assert config.max_ongoing_requests == 1 and config.max_queued_requests == 16
