@@ -40,14 +40,22 @@ class ReplicaLost(RuntimeError):
 
 
 def quiet_ray_environment() -> None:
-    """No usage-stats prompt or upload, no dashboard noise (set before Ray starts). When this
-    machine has a Ray token (what `ray start` and a local cluster use by default since Ray
-    2.5x), present it: a driver joining an existing cluster does not do so by itself."""
+    """No usage-stats prompt or upload, no Serve logs on stderr (set before Ray starts)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file()
-    if has_token:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def present_token() -> None:
+    """When this machine has a Ray token (which `ray start` and a local cluster use by default
+    in Ray 2.60), present it to the cluster being joined: a driver joining one does not by
+    itself. Ray's own switch, which also refreshes its cached config; else the variable."""
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except ImportError:  # another Ray: the documented variable
+        if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file():
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def unreachable(address: str, why: str) -> ClusterUnreachable:
@@ -101,6 +109,7 @@ def connect(address: str = "auto", timeout_s: float = 3.0) -> None:
         except OSError as e:
             where = "" if resolved == address else f"; auto found {resolved}, the cluster this machine started last"
             raise unreachable(address, (e.strerror or type(e).__name__) + where) from None
+    present_token()
     try:
         ray.init(address=resolved, log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
