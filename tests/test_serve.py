@@ -189,3 +189,11 @@ def test_app_with_ray_serves_through_gradio_client_with_the_kiosk_limits(cluster
     finally:
         demo.close()
         state.engine.close()
+
+
+def test_a_cluster_without_the_application_says_how_to_deploy_it(cluster):
+    from fp8pipe.cluster.backend import ClusterUnreachable, app_handle
+
+    _, address = cluster
+    with pytest.raises(ClusterUnreachable, match=f"the Ray cluster at {address} has no 'elsewhere' application .*python -m fp8pipe serve --replicas N --address {address}"):
+        app_handle(address, name="elsewhere")
