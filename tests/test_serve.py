@@ -137,9 +137,13 @@ def test_a_full_queue_gives_the_explicit_error_and_nothing_hangs(cluster):
     backend, _ = cluster
     long = backend.request("demo", prompt="a red circle", seed=4, **LONG)
     running = [started(backend.submit(long)) for _ in range(2)]  # one per replica
-    waiting = backend.submit(long)  # the one job allowed to wait
-    time.sleep(1.0)  # for the router to hold it
-    refused = backend.submit(long)
+    extra = [backend.submit(long), backend.submit(long)]  # one may wait; the other finds the queue full
+    deadline = time.monotonic() + BOUND_S
+    while not any(job.done() for job in extra):
+        assert time.monotonic() < deadline, "neither extra job was refused"
+        time.sleep(0.02)
+    refused = next(job for job in extra if job.done())
+    waiting = next(job for job in extra if job is not refused)
     with pytest.raises(QueueFull, match=r"the queue is full: 1 jobs are already waiting for a replica \(at most 1\); try again shortly"):
         refused.result(BOUND_S)
     for job in [*running, waiting]:
