@@ -18,6 +18,7 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's switch for a loopback-only node (127.0.0.1)
     "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S": "0.05",  # as the app's front (fp8pipe.cluster.backend)
 }
 LONG = dict(steps=50, width=256, height=256)  # seconds on one thread: long enough to cancel or kill mid-run
 BOUND_S = 120  # nothing here may wait longer than this

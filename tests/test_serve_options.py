@@ -82,7 +82,7 @@ def test_the_serve_config_file_in_the_repo_is_valid_and_builds_the_application()
         build_app({"replica": 2})
 
 
-RAY_ENV = ("RAY_USAGE_STATS_ENABLED", "RAY_SERVE_LOG_TO_STDERR", "RAY_AUTH_MODE")
+RAY_ENV = ("RAY_USAGE_STATS_ENABLED", "RAY_SERVE_LOG_TO_STDERR", "RAY_AUTH_MODE", "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S")
 
 
 def closed_address(monkeypatch) -> str:
