@@ -30,7 +30,7 @@ HISTORY_SIZE = 24
 HEARTBEAT_SECONDS = 0.25  # a running event yields at least this often, so Gradio can stop it
 MAX_UPLOAD = "20mb"  # the advanced mode's PNG drop; the kiosk has no upload field and accepts none
 SESSION_CAPACITY = 500  # sessions whose state Gradio keeps (Gradio's default, 10000, can hold a gigabyte)
-GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time
+GPU_QUEUE = "gpu"  # every event that generates shares one queue: one job at a time (per replica with --ray)
 log = logging.getLogger("fp8pipe.app")
 
 import gradio as gr  # noqa: E402
@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=None, help="how many requests may wait (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto: a GPU when there is one)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="send generations to the replicas that `python -m fp8pipe serve` deployed on a Ray cluster (auto: this machine's; ADDRESS: HOST:PORT); the replicas' preset sets their device, VRAM and LoRAs (default: off, the engine runs in this process)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="a LoRA .safetensors file on every picture (with the preset's [[loras]]); repeatable")
     p.add_argument("--lora-mode", default=None, choices=("auto", "runtime", "merge"), help="how LoRAs are applied; auto: the planner picks (default: the preset's, else auto)")
     p.add_argument("--lora-budget", default="256MiB", metavar="SIZE", help="runtime-mode memory one request's LoRAs may take beside the weights; the planner counts it (default 256MiB)")
@@ -78,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(str(e))
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
         p.error("--auth must be USER:PASS with both parts non-empty")
+    if args.ray and (args.lora or args.vram):
+        p.error("--lora and --vram are the replicas' settings with --ray: put them in the preset that `python -m fp8pipe serve --preset` deploys")
     if args.queue_size is not None and not 1 <= args.queue_size <= 1000:
         p.error("--queue-size must be from 1 to 1000")
     if not 1 <= args.port <= 65535:
@@ -101,6 +104,7 @@ class App:
     image_filter: object = None  # fp8pipe.image_filter.ImageFilter, or None when the preset has none
     public_url: str | None = None  # where visitors' phones reach this server: the kiosk shows a QR code
     lora_library: object = None  # fp8pipe.lora_library.LoraLibrary: the LoRAs a request may name (None in the kiosk)
+    slots: int = 1  # generations at once: 1 for the in-process engine, the replicas with --ray
     recent: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
     examples: list = field(default_factory=list)  # the attract screen's pictures until visitors make some
 
@@ -343,7 +347,7 @@ def build_kiosk(app: App):
                 [image, status, last_active, qr, takehome, drawing],
                 api_visibility="private",
                 concurrency_id=GPU_QUEUE,
-                concurrency_limit=1,
+                concurrency_limit=app.slots,
                 trigger_mode="once",
                 show_progress_on=[image],  # the queue's place and ETA show where the picture will appear
             )
@@ -482,7 +486,7 @@ def build_advanced(app: App):
             [gallery, stats_table, stats, history_items, history, compare_row, diff],
             api_visibility="private",
             concurrency_id=GPU_QUEUE,
-            concurrency_limit=1,
+            concurrency_limit=app.slots,
         )
 
         def read_parameters(image):
@@ -548,7 +552,7 @@ def _add_api(app: App) -> None:
         """One image and its stats; left-out settings take the preset's defaults. `loras`: [{"name", "strength"}] from the LoRA folder."""
         yield from fn(prompt, negative_prompt, seed, steps, guidance, width, height, loras, request=request)
 
-    a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=1)
+    a_button.click(generate, inputs, outputs, api_name="generate", concurrency_id=GPU_QUEUE, concurrency_limit=app.slots)
 
     def describe():
         if app.kiosk:  # a public kiosk tells strangers nothing about the machine
@@ -610,10 +614,17 @@ def create_app(args) -> tuple[object, App]:
     loras = _loras(args, preset)
     from fp8pipe.lora_library import LoraLibrary
 
-    library = None if args.kiosk else LoraLibrary.at(args.lora_dir or _default_lora_dir(model))  # a kiosk's LoRAs come from its preset only
-    engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=preset.compile and spaces is None,
-                    loras=loras, lora_mode=args.lora_mode or preset.lora_mode, lora_library=library, lora_budget=args.lora_budget)
-    engine.start(models=[(model, preset.precision)])
+    # per-request LoRAs: from the LoRA folder in this process; a kiosk's come from its preset only, and
+    # with --ray the replicas' preset sets them (their engines hold no LoRA folder)
+    library = None if args.kiosk or args.ray else LoraLibrary.at(args.lora_dir or _default_lora_dir(model))
+    if args.ray:  # the same request path, the jobs on Ray Serve replicas (fp8pipe.cluster)
+        from fp8pipe.cluster.backend import RayBackend
+
+        engine = RayBackend.connect(args.ray)
+    else:
+        engine = Engine(device=args.device, vram_budget=args.vram or preset.vram, warmup=not args.no_warmup and spaces is None, t5=preset.t5, compile=preset.compile and spaces is None,
+                        loras=loras, lora_mode=args.lora_mode or preset.lora_mode, lora_library=library, lora_budget=args.lora_budget)
+        engine.start(models=[(model, preset.precision)])
     spec = engine.spec_for(model)
     try:
         preset.check_for(spec)
@@ -633,6 +644,7 @@ def create_app(args) -> tuple[object, App]:
         image_filter=image_filter,
         public_url=args.public_url,
         lora_library=library,
+        slots=getattr(engine, "slots", 1),
     )
     if args.kiosk:  # the attract screen shows pictures from the first second
         from fp8pipe.attract import example_pictures

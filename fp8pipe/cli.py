@@ -1,4 +1,4 @@
-"""Command line: generate, quantize, policy, plan (fp8pipe.memory), bench (fp8pipe.bench), soak and load (fp8pipe.soak), check (fp8pipe.check).
+"""Command line: generate, quantize, policy, plan (fp8pipe.memory), bench (fp8pipe.bench), soak and load (fp8pipe.soak), check (fp8pipe.check), serve (fp8pipe.cluster).
 
 Errors a user can fix (a bad model path, a setting out of range) print one clear message
 and exit with status 2; no traceback.
@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(sub)
     add_soak_commands(sub)
     add_check_command(sub)
+    from .cluster.command import add_serve_command
+
+    add_serve_command(sub)
     return parser
 
 

@@ -292,6 +292,10 @@ class Engine:
     def generate(self, request: GenerationRequest, model: str = "demo", precision: str = "fp8", **kwargs) -> Result:
         return self.submit(request, model, precision, **kwargs).result()
 
+    def worker_alive(self) -> bool:
+        """True while the worker thread that runs queued jobs is alive (a replica's health check)."""
+        return self._worker is not None and self._worker.is_alive()
+
     def describe(self) -> dict:
         return {
             "device": str(self.device),

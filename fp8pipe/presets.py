@@ -78,6 +78,7 @@ class Preset:
     image_filter_labels: tuple[str, ...] = ("nsfw",)
     image_filter_threshold: float = 0.5
     image_filter_device: str = "auto"  # auto, cpu, cuda (fp8pipe.image_filter.filter_device)
+    serve: tuple = ()  # [serve]: (key, value) pairs for `python -m fp8pipe serve` (replicas, autoscaling)
     source: str = "<built-in>"
 
     def limits_for(self, spec: ModelSpec) -> Limits:
@@ -180,6 +181,13 @@ _IMAGE_FILTER = {
     "threshold": _float_range(0.0, 1.0),
     "device": _one_of(("auto", "cpu", "cuda")),
 }
+_SERVE = {  # Ray Serve replicas (fp8pipe.cluster.options.ServeOptions); flags override
+    "replicas": _int_range(1, 1024),
+    "min_replicas": _int_range(0, 1024),
+    "max_replicas": _int_range(1, 1024),
+    "target_ongoing_requests": _float_range(0.1, 64.0),
+    "gpus": _float_range(0.0, 8.0),
+}
 _STYLE = {"name": _text(64), "suffix": _text(300)}
 _LORA = {
     "file": ((lambda v: isinstance(v, str) and v.endswith(".safetensors") and len(v) <= 500), "the path of a .safetensors LoRA file"),
@@ -215,7 +223,7 @@ def parse_preset(text: str, source: str) -> Preset:
         raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)") from None
     if _depth(data) > MAX_DEPTH:
         raise PresetError(f"{source}: nested too deeply (a preset nests at most {MAX_DEPTH} levels)")
-    sections = {"defaults": _DEFAULTS, "limits": _LIMITS, "rate_limit": _RATE, "image_filter": _IMAGE_FILTER}
+    sections = {"defaults": _DEFAULTS, "limits": _LIMITS, "rate_limit": _RATE, "image_filter": _IMAGE_FILTER, "serve": _SERVE}
     top = {k: v for k, v in data.items() if k not in sections and k not in ("styles", "loras")}
     _check_table(source, "", top, _TOP)
     fields = dict(top)
@@ -233,6 +241,7 @@ def parse_preset(text: str, source: str) -> Preset:
         raise PresetError(f"{source}: [image_filter] needs model (a hub id or a folder of an image-classification model)")
     for key, value in image_filter.items():
         fields["image_filter" if key == "model" else f"image_filter_{key}"] = tuple(value) if key == "labels" else value
+    fields["serve"] = tuple(_check_table(source, "serve", data.get("serve", {}), _SERVE).items())
     styles = data.get("styles", [])
     if not isinstance(styles, list) or not all(isinstance(s, dict) and set(s) == {"name", "suffix"} for s in styles):
         raise PresetError(f"{source}: styles must be a list of tables with exactly the keys name and suffix")
