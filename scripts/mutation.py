@@ -30,36 +30,68 @@ EQUIVALENT_FILE = ROOT / "scripts" / "mutation_equivalent.toml"
 
 ENGINE = "fp8pipe.engine.xǁ{}ǁ{}__mutmut_*"
 PLANNER = (
+    "_t5_gpu_bytes", "_t5_host_bytes", "predict", "latency_job", "_rungs", "plan_ladder", "fp8_layer_paths", "choose",
+    "candidates_summary", "plan_placement", "_why", "_name", "next_plan",
+)  # the pure planner; free_vram_bytes/host_ram_bytes ask the machine, the docs table is generated text
+SIZES = (
     "parse_size", "format_size", "image_tokens", "text_tokens", "denoise_activation_bytes", "vae_decode_bytes",
-    "text_encode_bytes", "_t5_gpu_bytes", "_t5_host_bytes", "predict", "plan_ladder", "plan_placement", "_why",
-    "next_plan", "load_options_for",
+    "text_encode_bytes",
 )
-# module -> (mutmut name globs: x_<function>, xǁ<Class>ǁ<method>; the test files that cover it).
-# Each module runs on its own with only its covering tests, so one run stays within minutes.
+# The latency/planner tests that build or run real torch modules (FLOP counters, hooks on a tiny
+# pipeline): they pin placement and the FLOP count, not the planner's arithmetic, and cost seconds each.
+PURE_PLANNER_TESTS = [
+    "tests/test_memory.py",
+    *(
+        f"tests/test_latency.py::{t}"
+        for t in (
+            "test_a_slow_bus_keeps_more_blocks_resident",
+            "test_the_chosen_plan_is_the_fastest_that_fits_by_brute_force",
+            "test_a_budget_too_small_names_the_shortfall",
+            "test_no_prediction_is_below_its_floor_and_every_one_is_labelled",
+            "test_a_larger_budget_never_predicts_a_slower_plan",
+            "test_plan_reports_the_fp8_paths_per_layer_kind",
+            "test_attention_runs_at_the_16bit_rate_even_on_the_fp8_path",
+            "test_predictions_land_within_the_band_of_every_h100_measurement",
+            "test_the_kiosk_preset_serves_the_size_the_latency_model_chooses",
+            "test_plan_command_prints_the_contract_for_a_preset_and_for_explicit_settings",
+            "test_plan_command_names_an_unknown_card",
+        )
+    ),
+]
+# Pure modules (no torch kernels run): workers fork from mutmut's main process, whose caches
+# (component sizes counted on the meta device) are warm from the stats run; torch has run no
+# threads there (one OpenMP thread), so forking is safe.
+FORK = {"process_isolation": "fork"}
+# module -> (mutmut name globs: x_<function>, xǁ<Class>ǁ<method>; the tests that cover it; extra
+# [tool.mutmut] settings). Each module runs on its own with only its covering tests.
 SCOPE = {
-    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py"]),
-    "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint.py"]),
+    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py"], {}),
+    "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint.py"], {}),
     "loader: manifest use": (
         ["fp8pipe.loader.x__manifest_settings__mutmut_*"],
         [
             "tests/test_checkpoint.py::test_the_manifest_gives_the_policy_spec_and_kind_of_a_checkpoint_folder",
             "tests/test_checkpoint.py::test_a_checkpoint_saved_with_a_non_default_policy_loads_with_that_policy",
         ],
+        {},
     ),
-    "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py"]),
-    "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py"]),
-    "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py"]),
-    "memory: planner": ([f"fp8pipe.memory.x_{f}__mutmut_*" for f in PLANNER], ["tests/test_memory.py"]),
-    "flops: work count": (["fp8pipe.flops.*"], ["tests/test_bench.py"]),
+    "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py"], FORK),
+    "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py"], FORK),
+    "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py"], FORK),
+    "planner": ([f"fp8pipe.planner.x_{f}__mutmut_*" for f in PLANNER], PURE_PLANNER_TESTS, FORK),
+    "planner: sizes": ([f"fp8pipe.sizes.x_{f}__mutmut_*" for f in SIZES], PURE_PLANNER_TESTS, FORK),
+    "latency model": (["fp8pipe.latency.*"], PURE_PLANNER_TESTS, FORK),
+    "flops: work count": (["fp8pipe.flops.*"], ["tests/test_bench.py"], {}),
     "engine: queue, cancel, pool": (
         [
             *(ENGINE.format("Job", m) for m in ("cancel", "cancelled", "result", "done")),
-            *(ENGINE.format("Engine", m) for m in ("submit", "_work", "close", "_entry_for_job", "_entry", "_make_room", "_evict")),
+            *(ENGINE.format("Engine", m) for m in ("submit", "_work", "_execute", "close", "_entry_for_job", "_entry", "_make_room", "_evict")),
         ],
         ["tests/test_engine.py"],
+        {},
     ),
 }
-COPIED = ("fp8pipe", "tests", "presets", "app.py", "pyproject.toml")
+COPIED = ("fp8pipe", "tests", "presets", "bench", "app.py", "pyproject.toml")  # bench/: the committed GPU rows some tests read
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -9: "killed by signal", -11: "crash"}
 SURVIVED = {0: "survived", 33: "no covering test", 5: "no covering test"}
 
@@ -91,8 +123,14 @@ def _prepare(module: str) -> Path:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(src, work / name, ignore=ignore) if src.is_dir() else shutil.copy2(src, work / name)
     source = "/".join(SCOPE[module][0][0].split(".")[:2]) + ".py"  # fp8pipe.fp8.x_f* -> fp8pipe/fp8.py
-    with open(work / "pyproject.toml", "a") as fh:  # [tool.mutmut] is the file's last table
-        fh.write(f"only_mutate = {json.dumps([source])}\npytest_add_cli_args_test_selection = {json.dumps(SCOPE[module][1])}\n")
+    # [tool.mutmut] is the file's last table: this module's settings replace or follow its lines.
+    settings = {"only_mutate": [source], "pytest_add_cli_args_test_selection": SCOPE[module][1], **SCOPE[module][2]}
+    text = (work / "pyproject.toml").read_text()
+    for key, value in settings.items():
+        line = f"{key} = {json.dumps(value)}"
+        text, n = re.subn(rf"^{key} = .*$", lambda _m: line, text, flags=re.MULTILINE)
+        text += "" if n else line + "\n"
+    (work / "pyproject.toml").write_text(text)
     return work
 
 
@@ -162,7 +200,10 @@ def main(argv=None) -> int:
         for module in modules:
             print(f"== {module}", flush=True)
             work = _prepare(module)
-            subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *SCOPE[module][0]], cwd=work, env=env, check=False)
+            run = subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *SCOPE[module][0]], cwd=work, env=env, check=False)
+            if run.returncode or not _results(module):
+                print(f"mutmut run failed for {module} (exit {run.returncode}); see the output above", file=sys.stderr)
+                return 1
     text = report(modules, time.perf_counter() - start, command, mutmut)
     Path(args.out).write_text(text)
     print(text)

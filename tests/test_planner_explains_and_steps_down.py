@@ -1,0 +1,104 @@
+"""The planner's reasons and its out-of-memory step-down, pinned line by line (pure: no GPU, no weights).
+
+The reasons are what a user reads in `plan` and in the stats: each names a faster plan that was
+passed over and the budget it broke, then the chosen plan with its prediction and the usable VRAM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fp8pipe import planner
+from fp8pipe.cards import CARDS
+from fp8pipe.sizes import SAFETY_FRACTION, GiB, Workload, format_size
+from fp8pipe.specs import SPECS
+
+LARGE = SPECS["sd3.5-large"]
+WORK = Workload(1024, 1024, 1, True, 8)
+CARD = CARDS["RTX 4060"]
+
+
+def _usable(budget: int) -> int:
+    return int(budget * (1 - SAFETY_FRACTION))
+
+
+def _passed_over(ladder, chosen):
+    """The plans faster than the chosen one that did not fit, fastest first."""
+    return sorted((p for p in ladder if p.predicted_latency_s < chosen.predicted_latency_s and not p.fits), key=lambda p: p.predicted_latency_s)
+
+
+def test_the_reasons_name_the_three_fastest_plans_passed_over_for_vram_then_the_choice():
+    vram, host = 8 * GiB, 64 * GiB
+    ladder = planner.plan_ladder(LARGE, vram, host, WORK, "fp8", "sdpa", "auto", CARD)
+    chosen = planner.plan_placement(LARGE, vram, host, WORK, "fp8", "sdpa", "auto", CARD)
+    passed = _passed_over(ladder, chosen)
+    assert len(passed) > 3  # more than the three the reasons have room for
+    for line, p in zip(chosen.reasons[:3], passed[:3]):
+        assert line == f"not {planner._name(p)}: predicts {p.predicted_latency_s:.2f} s but needs {format_size(p.predicted_peak_vram_bytes)} VRAM"
+    assert not chosen.reasons[3].startswith("not ")
+    assert chosen.reasons[3] == (
+        f"{planner._name(chosen)}: predicted {chosen.predicted_latency_s:.2f} s (floor {chosen.floor_latency_s:.2f} s) on RTX 4060, "
+        f"{format_size(chosen.predicted_peak_vram_bytes)} of {format_size(_usable(vram))} usable VRAM"
+    )
+
+
+def test_a_plan_passed_over_for_host_ram_says_host_ram_and_what_it_needs_there():
+    # T5 held to 16-bit and 12 GiB of host RAM: keeping everything resident fits the 24 GiB card
+    # but its load passes T5 (9.1 GiB) through the host beside the runtime.
+    vram, host = 24 * GiB, 12 * GiB
+    chosen = planner.plan_placement(LARGE, vram, host, WORK, "fp8", "sdpa", "16bit", CARD)
+    resident = next(p for p in planner.plan_ladder(LARGE, vram, host, WORK, "fp8", "sdpa", "16bit", CARD) if p.placement == "resident")
+    assert resident.predicted_peak_vram_bytes <= _usable(vram)
+    assert resident.predicted_peak_host_bytes > host and resident.predicted_latency_s < chosen.predicted_latency_s
+    assert chosen.reasons[0] == f"not resident with T5 16bit: predicts {resident.predicted_latency_s:.2f} s but needs {format_size(resident.predicted_peak_host_bytes)} host RAM"
+    assert len([r for r in chosen.reasons if r.startswith("not ")]) == len(_passed_over(planner.plan_ladder(LARGE, vram, host, WORK, "fp8", "sdpa", "16bit", CARD), chosen))
+
+
+def test_a_plan_name_says_how_many_blocks_stay_resident_only_for_partial_residency():
+    ladder = planner.plan_ladder(LARGE, 8 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)
+    partial = next(p for p in ladder if p.placement == "partial")
+    assert planner._name(partial) == f"partial ({partial.resident_blocks} blocks resident) with T5 drop"
+    offload = next(p for p in ladder if p.placement == "group_offload")
+    assert planner._name(offload) == "group_offload with T5 drop"
+
+
+def test_plans_tied_within_the_tie_fraction_go_to_the_more_exact_t5_then_the_least_vram():
+    base = planner.plan_ladder(LARGE, 80 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "auto", CARD)[0]
+    t = base.predicted_latency_s
+    edge = t * (1 + planner.TIE_FRACTION)  # exactly at the tie bound: still a tie
+    fast_drop = replace(base, t5="drop", predicted_latency_s=t, predicted_peak_vram_bytes=100)
+    tied_16 = replace(base, t5="16bit", predicted_latency_s=edge, predicted_peak_vram_bytes=300)
+    tied_fp8_small = replace(base, t5="fp8", predicted_latency_s=edge, predicted_peak_vram_bytes=50)
+    assert planner.choose([fast_drop, tied_fp8_small, tied_16]) is tied_16
+    assert planner.choose([fast_drop, tied_fp8_small]) is tied_fp8_small
+    cpu_small = replace(base, t5="cpu", predicted_latency_s=edge, predicted_peak_vram_bytes=200)
+    assert planner.choose([fast_drop, tied_16, cpu_small]) is cpu_small  # 16-bit T5 on either device is the same T5
+    slower = replace(base, t5="16bit", predicted_latency_s=edge * 1.001, predicted_peak_vram_bytes=1)
+    assert planner.choose([fast_drop, slower]) is fast_drop
+    assert planner.choose([replace(fast_drop, fits=False)]) is None
+
+
+@pytest.mark.parametrize("t5_policy", ["auto", "drop"])
+def test_a_step_down_keeps_the_request_its_card_and_t5_hold_and_takes_the_fastest_fitting_plan_below(t5_policy):
+    work = Workload(768, 1024, 2, False, 6)
+    plan = planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, work, "fp8", "sdpa-math", t5_policy, CARD)
+    lower = planner.next_plan(plan, LARGE)
+    same = ("width", "height", "batch", "guidance", "steps", "card", "t5_policy", "precision", "attention", "execution", "vram_budget_bytes", "host_budget_bytes")
+    assert {k: getattr(lower, k) for k in same} == {k: getattr(plan, k) for k in same}
+    ladder = planner.plan_ladder(LARGE, 16 * GiB, 64 * GiB, work, "fp8", "sdpa-math", t5_policy, CARD)
+    below = [p for p in ladder if p.predicted_peak_vram_bytes < plan.predicted_peak_vram_bytes]
+    expected = planner.choose(below)
+    assert lower.predicted_peak_vram_bytes < plan.predicted_peak_vram_bytes
+    assert (lower.placement, lower.t5, lower.resident_blocks, lower.predicted_latency_s) == (expected.placement, expected.t5, expected.resident_blocks, expected.predicted_latency_s)
+    assert lower.reasons == (f"stepped down from {planner._name(plan)} after running out of memory", *expected.reasons)
+    assert planner.next_plan(plan, LARGE, attention="sdpa").attention == "sdpa"  # a fallback attention is honoured
+
+
+def test_a_step_down_with_nothing_fitting_below_takes_the_plan_needing_the_least_vram():
+    plan = planner.plan_ladder(LARGE, 1 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)[0]  # nothing fits 1 GiB
+    lower = planner.next_plan(plan, LARGE)
+    least = min(planner.plan_ladder(LARGE, 1 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD), key=lambda p: p.predicted_peak_vram_bytes)
+    assert not lower.fits and lower.predicted_peak_vram_bytes == least.predicted_peak_vram_bytes
+    assert lower.reasons[0].startswith("stepped down from resident with T5 drop")
