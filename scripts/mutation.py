@@ -1,8 +1,8 @@
 """Mutation testing of the core modules with mutmut: plant one-line bugs, run the covering tests.
 
     pip install mutmut==3.8.1            # not a runtime or test dependency
-    python scripts/mutation.py           # all core modules; writes bench/results/mutation.md
-    python scripts/mutation.py --module fp8 --module safety --out /tmp/m.md
+    python scripts/mutation.py           # all core modules; writes bench/results/mutation.json and .md
+    python scripts/mutation.py --module fp8 --module safety --out /tmp/m.json
 
 mutmut's shared settings live in pyproject.toml under [tool.mutmut]; SCOPE below gives each
 module its functions and the test files that cover it, and each module runs in its own copy
@@ -41,6 +41,9 @@ SIZES = (
 # pipeline): they pin placement and the FLOP count, not the planner's arithmetic, and cost seconds each.
 PURE_PLANNER_TESTS = [
     "tests/test_memory.py",
+    "tests/test_planner_peak_accounting.py",
+    "tests/test_planner_explains_and_steps_down.py",
+    "tests/test_latency_roofline_terms.py",
     *(
         f"tests/test_latency.py::{t}"
         for t in (
@@ -140,43 +143,74 @@ def _diff(mutmut: str, name: str, module: str) -> str:
     return " → ".join(lines[:2])[:240]
 
 
-def _versions() -> str:
+def _versions() -> dict:
     from importlib.metadata import version
 
-    return ", ".join(f"{p} {version(p)}" for p in ("mutmut", "torch", "pytest"))
+    return {"python": platform.python_version(), **{p: version(p) for p in ("mutmut", "torch", "pytest")}}
 
 
-def report(modules: list[str], seconds: float, command: str, mutmut: str) -> str:
+def _machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end"
+
+
+def measure(module: str, seconds: float, command: str, mutmut: str) -> dict:
+    """One module's result from its mutants/ folder: counts, score, the survivors and the equivalents."""
     equivalent = tomllib.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.is_file() else {}
+    codes = _results(module)
+    names = sorted(codes)
+    killed = [n for n in names if codes[n] in KILLED]
+    equiv = [n for n in names if n in equivalent and n not in killed]
+    alive = [n for n in names if n not in killed and n not in equiv]
+    counted = len(names) - len(equiv)
+    return {
+        "mutants": len(names),
+        "killed": len(killed),
+        "timed_out": sum(1 for n in killed if KILLED[codes[n]] == "timeout"),
+        "survived": len(alive),
+        "equivalent": len(equiv),
+        "score_percent": round(100.0 * len(killed) / counted, 1) if counted else 100.0,
+        "minutes": round(seconds / 60, 1),
+        "command": command,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(),
+        "versions": _versions(),
+        "scope": SCOPE[module][0],
+        "tests": SCOPE[module][1],
+        "surviving": [{"name": n, "status": SURVIVED.get(codes[n], f"exit {codes[n]}"), "diff": _diff(mutmut, n, module)} for n in alive],
+        "equivalent_mutants": [{"name": n, "diff": _diff(mutmut, n, module), "reason": equivalent[n]} for n in equiv],
+    }
+
+
+def markdown(results: dict) -> str:
     rows, survivors, excluded = [], [], []
-    for module in modules:
-        codes = _results(module)
-        names = sorted(codes)
-        killed = [n for n in names if codes[n] in KILLED]
-        equiv = [n for n in names if n in equivalent]
-        alive = [n for n in names if n not in killed and n not in equiv]
-        counted = len(names) - len(equiv)
-        score = 100.0 * len(killed) / counted if counted else 100.0
-        rows.append(f"| {module} | {len(names)} | {len(killed)} | {len(alive)} | {len(equiv)} | **{score:.1f} %** |")
-        survivors += [f"- `{n}` ({SURVIVED.get(codes[n], f'exit {codes[n]}')}): `{_diff(mutmut, n, module)}`" for n in alive]
-        excluded += [f"- `{n}`: `{_diff(mutmut, n, module)}`: {equivalent[n]}" for n in equiv]
+    for module, r in results.items():
+        rows.append(
+            f"| {module} | {r['mutants']} | {r['killed']} | {r['timed_out']} | {r['survived']} | {r['equivalent']} | **{r['score_percent']:.1f} %** | {r['minutes']} | {r['measured']} |"
+        )
+        survivors += [f"- {module}: `{m['name']}` ({m['status']}): `{m['diff']}`" for m in r["surviving"]]
+        excluded += [f"- {module}: `{m['name']}`: `{m['diff']}`: {m['reason']}" for m in r["equivalent_mutants"]]
+    any_r = next(iter(results.values()), {})
+    versions = ", ".join(f"{k} {v}" for k, v in any_r.get("versions", {}).items())
     return "\n".join(
         [
             "# Mutation score of the core modules",
             "",
-            f"`{command}` ({time.strftime('%Y-%m-%d')}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-            f"Python {platform.python_version()}; {_versions()}; {seconds / 60:.1f} min).",
+            "Measured with `python scripts/mutation.py` (mutmut, one module at a time, each module's covering tests only;",
+            "the command of each row is in `mutation.json`), on a shared 2-core CPU machine with other jobs running",
+            f"(times are wall-clock minutes under that load, at `nice -n 10`; {versions}).",
             "Score = killed / (mutants - equivalent); a timeout counts as killed, a mutant no test reaches as survived.",
+            "The scope of each module (the functions mutated and the tests run) is in `mutation.json` and `scripts/mutation.py`.",
             "",
-            "| module | mutants | killed | survived | equivalent | score |",
-            "|:--|--:|--:|--:|--:|--:|",
+            "| module | mutants | killed | of which timed out | survived | equivalent | score | minutes | measured |",
+            "|:--|--:|--:|--:|--:|--:|--:|--:|:--|",
             *rows,
             "",
             "## Surviving mutants",
             "",
             *(survivors or ["None."]),
             "",
-            "## Equivalent mutants (left out of the score)",
+            "## Equivalent mutants (left out of the score, reasons from scripts/mutation_equivalent.toml)",
             "",
             *(excluded or ["None."]),
             "",
@@ -188,25 +222,31 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=list(SCOPE), help="only these modules (repeatable)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--out", default="bench/results/mutation.md")
+    parser.add_argument("--out", default="bench/results/mutation.json", help="results by module (merged with the file's others); a markdown twin beside it")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's mutants/")
     args = parser.parse_args(argv)
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
     modules = args.module or list(SCOPE)
-    command = "python scripts/mutation.py" + "".join(f" --module '{m}'" for m in args.module or [])
-    start = time.perf_counter()
-    if not args.report_only:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        for module in modules:
+    out = Path(args.out)
+    results = json.loads(out.read_text())["modules"] if out.is_file() else {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    for module in modules:
+        command = f"python scripts/mutation.py --module '{module}'"
+        start = time.perf_counter()
+        if not args.report_only:
             print(f"== {module}", flush=True)
             work = _prepare(module)
             run = subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *SCOPE[module][0]], cwd=work, env=env, check=False)
             if run.returncode or not _results(module):
                 print(f"mutmut run failed for {module} (exit {run.returncode}); see the output above", file=sys.stderr)
                 return 1
-    text = report(modules, time.perf_counter() - start, command, mutmut)
-    Path(args.out).write_text(text)
-    print(text)
+        seconds = time.perf_counter() - start if not args.report_only else results.get(module, {}).get("minutes", 0) * 60
+        results[module] = measure(module, seconds, command, mutmut)
+        results = {m: results[m] for m in SCOPE if m in results}  # SCOPE's order
+        out.write_text(json.dumps({"modules": results}, indent=1, ensure_ascii=False) + "\n")
+        out.with_suffix(".md").write_text(markdown(results))
+        r = results[module]
+        print(f"{module}: {r['score_percent']} % ({r['killed']} killed, {r['survived']} survived, {r['equivalent']} equivalent) in {r['minutes']} min", flush=True)
     return 0
 
 
