@@ -44,6 +44,7 @@ PURE_PLANNER_TESTS = [
     "tests/test_planner_peak_accounting.py",
     "tests/test_planner_explains_and_steps_down.py",
     "tests/test_latency_roofline_terms.py",
+    "tests/test_working_set_sizes.py",
     *(
         f"tests/test_latency.py::{t}"
         for t in (
@@ -80,7 +81,7 @@ SCOPE = {
     ),
     "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py"], FORK),
     "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py"], FORK),
-    "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py"], FORK),
+    "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py", "tests/test_png_parameters_edges.py", "tests/test_lora_cli.py::test_lora_tags_round_trip_through_the_parameters_text", "tests/test_lora_cli.py::test_a_malformed_lora_tag_stays_part_of_the_prompt"], FORK),
     "planner": ([f"fp8pipe.planner.x_{f}__mutmut_*" for f in PLANNER], PURE_PLANNER_TESTS, FORK),
     "planner: sizes": ([f"fp8pipe.sizes.x_{f}__mutmut_*" for f in SIZES], PURE_PLANNER_TESTS, FORK),
     "latency model": (["fp8pipe.latency.*"], PURE_PLANNER_TESTS, FORK),
