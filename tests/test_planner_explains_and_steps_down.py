@@ -102,3 +102,64 @@ def test_a_step_down_with_nothing_fitting_below_takes_the_plan_needing_the_least
     least = min(planner.plan_ladder(LARGE, 1 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD), key=lambda p: p.predicted_peak_vram_bytes)
     assert not lower.fits and lower.predicted_peak_vram_bytes == least.predicted_peak_vram_bytes
     assert lower.reasons[0].startswith("stepped down from resident with T5 drop")
+
+
+def _synthetic(base, **fields):
+    return replace(base, **fields)
+
+
+def test_a_passed_over_plan_is_named_for_vram_only_when_its_peak_is_above_the_usable_share():
+    base = planner.plan_ladder(LARGE, 100 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)[0]
+    usable = _usable(100 * GiB)
+    chosen = _synthetic(base, predicted_latency_s=10.0, fits=True)
+    at_usable = _synthetic(base, predicted_latency_s=5.0, fits=False, predicted_peak_vram_bytes=usable, predicted_peak_host_bytes=70 * GiB)
+    above = _synthetic(base, predicted_latency_s=6.0, fits=False, predicted_peak_vram_bytes=95 * GiB)  # over 88 %, under the whole budget
+    same_speed = _synthetic(base, predicted_latency_s=10.0, fits=False)  # not faster: not a reason
+    lines = planner._why([chosen, at_usable, above, same_speed], chosen)
+    assert lines[0].endswith(f"needs {format_size(70 * GiB)} host RAM")  # a peak of exactly the usable VRAM fits there
+    assert lines[1].endswith(f"needs {format_size(95 * GiB)} VRAM")
+    assert len(lines) == 3
+
+
+def test_a_plan_without_a_card_steps_down_on_the_default_card():
+    plan = replace(planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD), card="")
+    assert planner.next_plan(plan, LARGE).card == planner.DEFAULT_CARD
+
+
+def test_plan_placement_defaults_to_fp8_sdpa_auto_t5_eager_on_the_default_card():
+    plain = planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, WORK)
+    explicit = planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "auto", CARDS[planner.DEFAULT_CARD], "eager")
+    assert plain == explicit and (plain.precision, plain.attention, plain.t5_policy, plain.execution, plain.card) == ("fp8", "sdpa", "auto", "eager", planner.DEFAULT_CARD)
+
+
+def test_the_candidates_are_the_fastest_fitting_plan_of_each_placement_and_t5_fitting_first():
+    vram, host = 8 * GiB, 64 * GiB
+    ladder = planner.plan_ladder(LARGE, vram, host, WORK, "fp8", "sdpa", "auto", CARD)
+    summary = planner.plan_placement(LARGE, vram, host, WORK, "fp8", "sdpa", "auto", CARD).candidates
+    groups = {(p.placement, p.t5) for p in ladder}
+    assert {(c["placement"], c["t5"]) for c in summary} == groups and len(summary) == len(groups)
+    for c in summary:
+        plans = [p for p in ladder if (p.placement, p.t5) == (c["placement"], c["t5"])]
+        fitting = [p for p in plans if p.fits]
+        best = min(fitting or plans, key=lambda p: p.predicted_latency_s)  # a fitting one when any fits
+        assert c == {
+            "placement": best.placement,
+            "t5": best.t5,
+            "resident_blocks": best.resident_blocks,
+            "fits": best.fits,
+            "predicted_latency_s": round(best.predicted_latency_s, 4),
+            "floor_latency_s": round(best.floor_latency_s, 4),
+            "streamed_bytes_per_step": best.streamed_bytes_per_step,
+            "predicted_peak_vram_bytes": best.predicted_peak_vram_bytes,
+            "predicted_peak_host_bytes": best.predicted_peak_host_bytes,
+        }
+    fits = [c["fits"] for c in summary]
+    assert True in fits and False in fits and fits == sorted(fits, reverse=True)  # fitting ones first
+    for flag in (True, False):
+        times = [c["predicted_latency_s"] for c in summary if c["fits"] is flag]
+        assert times == sorted(times)
+    # a group whose fastest plan does not fit: the summary shows the fastest that does
+    fast = replace(ladder[0], placement="partial", t5="cpu", resident_blocks=30, predicted_latency_s=1.0, fits=False)
+    slow = replace(fast, resident_blocks=10, predicted_latency_s=2.0, fits=True)
+    (only,) = planner.candidates_summary([fast, slow])
+    assert (only["resident_blocks"], only["fits"], only["predicted_latency_s"]) == (10, True, 2.0)
