@@ -89,10 +89,12 @@ SCOPE = {
     "engine: queue, cancel, pool": (
         [
             *(ENGINE.format("Job", m) for m in ("cancel", "cancelled", "result", "done")),
-            *(ENGINE.format("Engine", m) for m in ("submit", "_work", "_execute", "close", "_entry_for_job", "_entry", "_make_room", "_evict")),
+            *(ENGINE.format("Engine", m) for m in ("submit", "prepare", "run_job", "_work", "_execute", "close", "_entry_for_job", "_entry", "_make_room", "_evict")),
         ],
-        ["tests/test_engine.py"],
-        {},
+        # Stand-ins for the loader and the pipeline (no model runs, so workers may fork); the
+        # demo-model tests of tests/test_engine.py cost ~20 s of loading per mutant and are left out.
+        ["tests/test_engine_queue_cancel_pool.py"],
+        FORK,
     ),
 }
 COPIED = ("fp8pipe", "tests", "presets", "bench", "app.py", "pyproject.toml")  # bench/: the committed GPU rows some tests read
