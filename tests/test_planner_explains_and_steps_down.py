@@ -163,3 +163,65 @@ def test_the_candidates_are_the_fastest_fitting_plan_of_each_placement_and_t5_fi
     slow = replace(fast, resident_blocks=10, predicted_latency_s=2.0, fits=True)
     (only,) = planner.candidates_summary([fast, slow])
     assert (only["resident_blocks"], only["fits"], only["predicted_latency_s"]) == (10, True, 2.0)
+
+
+def test_when_nothing_fits_the_vram_the_first_reason_names_the_shortfall_in_numbers():
+    plan = planner.plan_placement(LARGE, 1 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)
+    ladder = planner.plan_ladder(LARGE, 1 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)
+    least = min(ladder, key=lambda p: p.predicted_peak_vram_bytes)
+    need, usable = least.predicted_peak_vram_bytes, _usable(1 * GiB)
+    assert not plan.fits and plan.placement == least.placement
+    assert plan.reasons[0] == f"nothing fits: even {least.placement} needs {format_size(need)} VRAM, {format_size(need - usable)} more than the {format_size(usable)} usable"
+    assert plan.candidates == tuple(planner.candidates_summary(ladder))
+
+
+def test_when_only_host_ram_is_short_the_first_reason_names_the_host_shortfall():
+    host = 2 * GiB  # below the runtime's own host share: no placement fits
+    plan = planner.plan_placement(LARGE, 80 * GiB, host, WORK, "fp8", "sdpa", "drop", CARD)
+    least = min(planner.plan_ladder(LARGE, 80 * GiB, host, WORK, "fp8", "sdpa", "drop", CARD), key=lambda p: p.predicted_peak_vram_bytes)
+    need = least.predicted_peak_host_bytes
+    assert not plan.fits and least.predicted_peak_vram_bytes <= _usable(80 * GiB)
+    assert plan.reasons[0] == f"nothing fits: host RAM {format_size(host)} is {format_size(need - host)} short of {least.placement}'s {format_size(need)}"
+    assert plan.candidates and all(not c["fits"] for c in plan.candidates)
+
+
+def test_a_chosen_plan_carries_the_candidates_summary_and_its_attention_and_execution():
+    plan = planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, WORK, "fp8", "sdpa-math", "drop", CARD, "compiled")
+    ladder = planner.plan_ladder(LARGE, 16 * GiB, 64 * GiB, WORK, "fp8", "sdpa-math", "drop", CARD, "compiled")
+    assert plan.fits and plan.candidates == tuple(planner.candidates_summary(ladder))
+    assert (plan.attention, plan.execution) == ("sdpa-math", "compiled")
+
+
+def test_the_ladder_counts_the_attention_scores_on_every_rung_tiled_or_not():
+    from fp8pipe.sizes import denoise_activation_bytes
+
+    # Large's counted sizes with two heads: the scores matrix small enough that the decode
+    # dominates the peak, so that tiling turns on for the rungs over budget
+    few_heads = replace(LARGE, transformer_config={**LARGE.transformer_config, "num_attention_heads": 2})
+    ladder = planner.plan_ladder(few_heads, 8 * GiB, 64 * GiB, WORK, "fp8", "sdpa-math", "drop", CARD)
+    scores = denoise_activation_bytes(few_heads, WORK, "fp8", "sdpa-math")
+    assert scores > denoise_activation_bytes(few_heads, WORK, "fp8", "sdpa")
+    assert any(p.vae_tiling for p in ladder) and any(not p.vae_tiling for p in ladder)
+    assert all(p.breakdown["denoise_activations"] == scores for p in ladder)
+    assert planner.plan_ladder(LARGE, 8 * GiB, 64 * GiB, WORK) == planner.plan_ladder(LARGE, 8 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "auto", CARDS[planner.DEFAULT_CARD], "eager")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_the_ladder_plans_fp16_and_fp32_too(precision):
+    ladder = planner.plan_ladder(LARGE, 80 * GiB, 64 * GiB, WORK, precision, "sdpa", "drop")
+    bf16 = planner.plan_ladder(LARGE, 80 * GiB, 64 * GiB, WORK, "bf16", "sdpa", "drop")
+    assert ladder[0].precision == precision and (ladder[0].predicted_peak_vram_bytes > bf16[0].predicted_peak_vram_bytes) is (precision == "fp32")
+
+
+def test_vae_tiling_stays_off_where_a_tile_is_the_whole_image():
+    small = Workload(512, 512, 1, True, 8)  # a 512 px tile decodes the whole 512 px image: nothing to save
+    ladder = planner.plan_ladder(LARGE, 4 * GiB, 64 * GiB, small, "fp8", "sdpa", "drop", CARD)
+    assert any(not p.fits for p in ladder) and not any(p.vae_tiling for p in ladder)
+
+
+def test_vae_tiling_stays_off_for_a_plan_that_needs_exactly_the_usable_vram():
+    resident = planner.plan_ladder(LARGE, 80 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)[0]
+    need = resident.predicted_peak_vram_bytes
+    budget = next(b for b in range(int(need / (1 - SAFETY_FRACTION)) - 4, int(need / (1 - SAFETY_FRACTION)) + 4) if _usable(b) == need)
+    top = planner.plan_ladder(LARGE, budget, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)[0]
+    assert (top.placement, top.vae_tiling, top.fits, top.predicted_peak_vram_bytes) == ("resident", False, True, need)
