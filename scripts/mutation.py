@@ -70,7 +70,7 @@ FORK = {"process_isolation": "fork"}
 # [tool.mutmut] settings). Each module runs on its own with only its covering tests.
 SCOPE = {
     "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py"], {}),
-    "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint.py"], {}),
+    "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint_files.py", "tests/test_checkpoint.py", "tests/test_comfy_layouts.py", "tests/test_all_in_one.py"], {}),
     "loader: manifest use": (
         ["fp8pipe.loader.x__manifest_settings__mutmut_*"],
         [
