@@ -225,3 +225,45 @@ def test_vae_tiling_stays_off_for_a_plan_that_needs_exactly_the_usable_vram():
     budget = next(b for b in range(int(need / (1 - SAFETY_FRACTION)) - 4, int(need / (1 - SAFETY_FRACTION)) + 4) if _usable(b) == need)
     top = planner.plan_ladder(LARGE, budget, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD)[0]
     assert (top.placement, top.vae_tiling, top.fits, top.predicted_peak_vram_bytes) == ("resident", False, True, need)
+
+
+def _k(p):
+    return p.resident_blocks if p.placement == "partial" else (0 if p.placement == "group_offload" else None)
+
+
+def test_each_plan_carries_the_latency_models_prediction_for_its_own_placement_t5_and_tiling():
+    from fp8pipe import latency
+
+    ladder = planner.plan_ladder(LARGE, 8 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "auto", CARD, "compiled")
+    assert any(p.vae_tiling for p in ladder) and any(p.streamed_bytes_per_step for p in ladder)
+    for p in ladder:
+        pred = latency.predict(planner.latency_job(LARGE, "fp8", p.placement, p.t5, WORK, p.vae_tiling, _k(p), "compiled"), CARD)
+        assert (p.predicted_latency_s, p.floor_latency_s, p.predicted_step_s, p.streamed_bytes_per_step) == (pred.latency_s, pred.floor_s, pred.step_s, pred.streamed_bytes_per_step)
+        assert p.stages == {s.name: {"predicted_s": s.seconds, "floor_s": s.floor_seconds} for s in pred.stages}
+
+
+def test_a_step_down_keeps_compiled_execution():
+    plan = planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD, "compiled")
+    assert planner.next_plan(plan, LARGE).execution == "compiled"
+
+
+@pytest.mark.parametrize("tiled_work, attention", [(False, "sdpa-math"), (True, "sdpa")])
+def test_t5_on_the_host_becomes_drop_with_drops_peaks_when_host_ram_cannot_hold_it(tiled_work, attention):
+    work = Workload(1536, 1536, 1, True, 8) if tiled_work else WORK  # 1536 px: the decode needs tiling on 8 GiB
+    host = 8 * GiB
+    ladder = planner.plan_ladder(LARGE, 8 * GiB, host, work, "fp8", attention, "cpu", CARD)
+    dropped = [p for p in ladder if p.t5 == "drop"]
+    assert dropped and any(p.vae_tiling for p in dropped) is tiled_work
+    t5_size = format_size(planner.component_sizes(LARGE.name, "fp8").t5_16bit)
+    for p in dropped:
+        assert p.breakdown == planner.predict(LARGE, "fp8", p.placement, "drop", work, p.vae_tiling, attention, _k(p))
+        assert f"T5 dropped: host RAM {format_size(host)} cannot also hold T5 ({t5_size})" in p.reasons
+
+
+def test_t5_stays_on_the_host_when_the_host_ram_is_exactly_what_the_plan_needs():
+    need = planner.predict(LARGE, "fp8", "resident", "cpu", WORK, False, "sdpa", None)["host"]
+    ladder = planner.plan_ladder(LARGE, 80 * GiB, need, WORK, "fp8", "sdpa", "cpu", CARD)
+    resident = next(p for p in ladder if p.placement == "resident")
+    assert (resident.t5, resident.predicted_peak_host_bytes, resident.fits) == ("cpu", need, True)
+    one_short = next(p for p in planner.plan_ladder(LARGE, 80 * GiB, need - 1, WORK, "fp8", "sdpa", "cpu", CARD) if p.placement == "resident")
+    assert one_short.t5 == "drop"
