@@ -111,7 +111,7 @@ def test_the_latency_job_carries_the_counted_sizes_and_the_request(placement, k,
 
 def test_a_latency_job_without_steps_or_guidance_takes_the_models_steps_and_one_pass():
     job = planner.latency_job(LARGE, "bf16", "resident", "drop", Workload(512, 512, 2, False), False, None, "eager")
-    assert job.steps == LARGE.steps and job.guidance <= 1.0 and job.batch == 2 and not job.vae_tiled
+    assert job.steps == LARGE.steps and job.guidance <= 1.0 and job.batch == 2 and not job.vae_tiled and job.precision == "bf16"
     assert job.block_bytes == component_sizes(LARGE.name, "bf16").transformer_block_bytes
 
 
@@ -178,3 +178,90 @@ def test_the_fp8_layer_paths_count_the_quantized_linears_of_the_transformer(name
     on_ampere = planner.fp8_layer_paths(spec, "fp8", CARDS["RTX 3060"])
     assert on_ampere == {"scaled_mm": 0, "upcast": len(fp8), "adaln_weight_only": len(adaln)}
     assert planner.fp8_layer_paths(spec, "bf16", CARDS["RTX 4090"]) == {}
+
+
+# ---- every term of the peaks, each in turn the largest (made-up sizes) --------------------
+# With SD3.5's real sizes some terms never win a max() (T5's working set is always below the
+# denoise activations, the embedding tables are the largest leaves), so a dropped term would go
+# unseen there. Made-up component sizes and working sets let each term be the largest once.
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from fp8pipe.sizes import ComponentSizes  # noqa: E402
+
+MB = 2**20
+SIZES = ComponentSizes(
+    transformer=4000 * MB, transformer_blocks=3800 * MB, transformer_max_block=100 * MB, transformer_max_leaf=30 * MB,
+    clip_l=200 * MB, clip_g=700 * MB, t5_16bit=5000 * MB, t5_fp8=2600 * MB, t5_max_leaf=40 * MB,
+    vae=160 * MB, vae_max_leaf=20 * MB, clip_max_leaf=10 * MB,
+    transformer_block_bytes=(100 * MB,) * 38,
+)
+
+
+@pytest.fixture
+def made_up(monkeypatch):
+    """Patch the planner's parts; returns a setter for the working sets (denoise, decode, encode)."""
+    monkeypatch.setattr(planner, "component_sizes", lambda name, precision="fp8": made_up.sizes)
+    made_up.sizes = SIZES
+
+    def working_sets(denoise, decode, encode, sizes=SIZES):
+        made_up.sizes = sizes
+        monkeypatch.setattr(planner, "denoise_activation_bytes", lambda *a: denoise)
+        monkeypatch.setattr(planner, "vae_decode_bytes", lambda *a: decode)
+        monkeypatch.setattr(planner, "text_encode_bytes", lambda *a: encode)
+
+    return working_sets
+
+
+@pytest.mark.parametrize("largest", ["denoise", "decode", "encode"])
+@pytest.mark.parametrize("placement, k", [("resident", None), ("partial", 30), ("sequential", None)])
+def test_each_working_set_counts_when_it_is_the_largest(made_up, largest, placement, k):
+    sets = {"denoise": 10 * MB, "decode": 20 * MB, "encode": 30 * MB, largest: 999 * MB}
+    made_up(**sets)
+    terms = planner.predict(LARGE, "fp8", placement, "drop", WORK, False, "sdpa", k)
+    fixed = {"resident": 4000 + 900 + 160, "partial": 900 + 160 + 200 + 30 * 100 + 2 * 100, "sequential": 30}[placement] * MB
+    assert terms["vram"] == fixed + 999 * MB + CUDA_RUNTIME_BYTES
+
+
+@pytest.mark.parametrize("t5", ["fp8", "drop"])
+@pytest.mark.parametrize("largest", ["transformer_max_leaf", "clip_max_leaf", "vae_max_leaf", "t5_max_leaf"])
+def test_sequential_offload_holds_the_largest_leaf_of_the_components_on_the_gpu(made_up, t5, largest):
+    sizes = _replace(SIZES, **{largest: 77 * MB})
+    made_up(1, 1, 1, sizes=sizes)
+    # T5's leaves count only when T5 is on the GPU; otherwise the transformer's 30 MB leaf is the largest
+    expected = 77 if (largest != "t5_max_leaf" or t5 == "fp8") else 30
+    terms = planner.predict(LARGE, "fp8", "sequential", t5, WORK, False, "sdpa")
+    assert terms["vram"] == expected * MB + 1 + CUDA_RUNTIME_BYTES
+
+
+@pytest.mark.parametrize("largest, t5", [("clip", "16bit"), ("t5", "fp8"), ("vae", "drop"), ("clip", "drop")])
+def test_a_resident_load_passes_the_largest_component_through_the_host(made_up, largest, t5):
+    sizes = {"clip": _replace(SIZES, clip_g=9000 * MB), "t5": SIZES, "vae": _replace(SIZES, vae=9000 * MB, t5_16bit=100 * MB)}[largest]
+    made_up(1, 1, 1, sizes=sizes)
+    transient = {"clip": sizes.clip_l + sizes.clip_g, "t5": sizes.t5_16bit, "vae": sizes.vae}[largest]
+    assert planner.predict(LARGE, "fp8", "resident", t5, WORK, False, "sdpa")["host"] == HOST_RUNTIME_BYTES + transient
+    tiny_t5 = _replace(sizes, t5_16bit=0, clip_l=0, clip_g=0, vae=0)
+    made_up(1, 1, 1, sizes=tiny_t5)
+    assert planner.predict(LARGE, "fp8", "resident", "drop", WORK, False, "sdpa")["host"] == HOST_RUNTIME_BYTES  # no component: nothing passes
+
+
+@pytest.mark.parametrize("largest", ["clip", "t5", "transformer", "vae"])
+def test_model_offload_needs_the_largest_of_its_four_stages(made_up, largest):
+    encode, denoise, decode = 30 * MB, 40 * MB, 50 * MB
+    sizes = _replace(SIZES, **{"clip": {"clip_g": 9000 * MB}, "t5": {"t5_16bit": 9000 * MB}, "transformer": {"t5_16bit": 100 * MB}, "vae": {"vae": 9000 * MB}}[largest])
+    made_up(denoise, decode, encode, sizes=sizes)
+    stage = {"clip": sizes.clip_l + sizes.clip_g + encode, "t5": sizes.t5_16bit + encode, "transformer": sizes.transformer + denoise, "vae": sizes.vae + decode}[largest]
+    assert planner.predict(LARGE, "fp8", "model_offload", "16bit", WORK, False, "sdpa")["vram"] == stage + CUDA_RUNTIME_BYTES
+
+
+def test_partial_residency_with_every_block_resident_streams_nothing(made_up):
+    made_up(1, 1, 1)
+    terms = planner.predict(LARGE, "fp8", "partial", "drop", WORK, False, "sdpa", 38)
+    assert terms["vram"] == SIZES.transformer + 900 * MB + 160 * MB + 1 + CUDA_RUNTIME_BYTES and terms["host"] == HOST_RUNTIME_BYTES
+
+
+def test_partial_residency_needing_exactly_what_resident_needs_is_left_out(made_up):
+    made_up(1, 1, 1)  # equal blocks: streaming the last two holds two in flight, as much as keeping them
+    ladder = planner.plan_ladder(LARGE, 80 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop")
+    assert 36 not in {p.resident_blocks for p in ladder if p.placement == "partial"}
+    assert 35 in {p.resident_blocks for p in ladder if p.placement == "partial"}
