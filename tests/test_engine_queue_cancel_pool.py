@@ -292,3 +292,29 @@ def test_a_pool_entry_records_its_load_and_the_plan_it_was_loaded_for(stand_ins)
     assert load["key"] == vars(key) and load["plan"]["placement"] == "resident" and load["load_s"] == 0.0
     assert entry.vram_bytes == 0 and entry.host_bytes == entry.plan.breakdown["weights_on_gpu"] > 0  # on the CPU the weights live in host RAM
     assert entry.applied == {"placement": "resident", "attention": entry.plan.attention}
+
+
+def test_jobs_are_numbered_in_order_and_carry_what_was_asked(stand_ins):
+    with _engine(stand_ins) as eng:
+        request = eng.request(prompt="a", seed=1, steps=2, width=64, height=64)
+        prepared = eng.prepare(request)
+        queued = eng.submit(request, t5="drop")
+        inline = eng.prepare(request, "demo", "bf16", None, True, "cpu")
+        assert [prepared.id, queued.id, inline.id] == [1, 2, 3]
+        assert (prepared.model, prepared.precision, prepared.preview, prepared.t5) == ("demo", "fp8", False, None)
+        assert (queued.model, queued.precision, queued.preview, queued.t5) == ("demo", "fp8", False, "drop")
+        assert (inline.precision, inline.preview, inline.t5) == ("bf16", True, "cpu")
+        queued.result(WAIT)
+        assert [k.t5 for k in eng._pool] == ["drop"]  # the job's T5 hold reached the plan
+    with pytest.raises(EngineClosed, match="^the engine is closed$"):
+        eng.prepare(request)
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_progress_carries_a_preview_only_when_asked(stand_ins, preview):
+    seen = []
+    with _engine(stand_ins) as eng:
+        _submit(eng, "p", steps=2, preview=preview, on_progress=seen.append).result(WAIT)
+        eng.run(eng.request(prompt="q", seed=1, steps=2, width=64, height=64), preview=preview, on_progress=seen.append)
+    assert [(p.step, p.total) for p in seen] == [(1, 2), (2, 2)] * 2
+    assert all((p.preview is not None) is preview for p in seen)
