@@ -20,7 +20,7 @@ from fp8pipe.loader import LoadedModel
 from fp8pipe.seam import EngineClosed, QueueFull
 from fp8pipe.specs import SPECS
 
-WAIT = 30  # seconds a stand-in waits for its gate before the test fails (a hang guard, not a measure)
+WAIT = 10  # seconds a stand-in waits for its gate before the test fails (a hang guard, not a measure)
 
 
 class StandInPipe:
