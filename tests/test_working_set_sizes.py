@@ -100,3 +100,13 @@ def test_a_size_refusal_says_what_was_given_and_the_accepted_forms():
 
 def test_sizes_print_in_gib_with_two_decimals():
     assert sizes.format_size(3 * GiB // 2) == "1.50 GiB" and sizes.format_size(0) == "0.00 GiB"
+
+
+def test_one_byte_is_the_smallest_size():
+    assert sizes.parse_size(1) == 1 and sizes.parse_size("1") == 1 and sizes.parse_size("1B") == 1
+
+
+def test_text_tokens_follow_the_specs_clip_length():
+    import dataclasses
+
+    assert sizes.text_tokens(dataclasses.replace(LARGE, clip_tokens=10)) == 10 + LARGE.max_sequence_length
