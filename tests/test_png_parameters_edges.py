@@ -116,3 +116,12 @@ def test_a_malformed_tag_beside_a_good_one_stays_in_place():
 def test_the_chunk_is_written_under_parameters():
     info = metadata.png_info("a cat\nSteps: 1")
     assert info.chunks[0][0] == b"tEXt" and info.chunks[0][1] == b"parameters\x00a cat\nSteps: 1"
+
+
+def test_the_form_takes_lora_tags_out_of_the_prompt_and_a_chunk_without_settings_gives_only_prompts():
+    assert form_fields("a <lora:XL style:0.5> cat\nSteps: 2") == {"prompt": "a cat", "negative_prompt": "", "loras": [("XL style", 0.5)], "steps": 2}
+    assert form_fields("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
+
+
+def test_a_lora_name_keeps_every_other_character():
+    assert add_loras("p\nSteps: 1", [("XL-v2_final (1)", 1.0, "h")]).split("\n")[0] == "p <lora:XL-v2_final (1):1>"
