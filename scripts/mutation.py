@@ -65,7 +65,9 @@ PURE_PLANNER_TESTS = [
 # Pure modules (no torch kernels run): workers fork from mutmut's main process, whose caches
 # (component sizes counted on the meta device) are warm from the stats run; torch has run no
 # threads there (one OpenMP thread), so forking is safe.
-FORK = {"process_isolation": "fork"}
+# Their tests take well under a second, so a mutant that loops (a parser's position never
+# advancing) is stopped after (estimate + 5 s) x 3 instead of the shared minute-long allowance.
+FORK = {"process_isolation": "fork", "timeout_constant": 5.0}
 # module -> (mutmut name globs: x_<function>, xǁ<Class>ǁ<method>; the tests that cover it; extra
 # [tool.mutmut] settings). Each module runs on its own with only its covering tests.
 SCOPE = {
