@@ -125,3 +125,17 @@ def test_the_form_takes_lora_tags_out_of_the_prompt_and_a_chunk_without_settings
 
 def test_a_lora_name_keeps_every_other_character():
     assert add_loras("p\nSteps: 1", [("XL-v2_final (1)", 1.0, "h")]).split("\n")[0] == "p <lora:XL-v2_final (1):1>"
+
+
+def test_quotes_open_and_close_in_pairs_within_a_setting():
+    read = parse_parameters('p\nSteps: 4, Note: "a "b" c", Seed: 3, Other: "x"y"z, Size: 8x8')
+    assert read["Note"] == '"a "b" c"' and read["Seed"] == "3"  # four quotes: closed again
+    assert read["Other"] == '"x"y"z, Size: 8x8'  # three quotes: still open, the rest belongs to it
+
+
+def test_a_prompt_keeps_its_own_first_and_last_characters():
+    assert parse_parameters("Xmas tree X\nSteps: 1")["prompt"] == "Xmas tree X"
+
+
+def test_a_malformed_tag_next_to_text_stays_exactly_as_written():
+    assert split_lora_tags("<lora:bad>x <lora:good:1>") == ("<lora:bad>x", [("good", 1.0)])
