@@ -145,6 +145,7 @@ def test_a_streaming_step_hides_the_copies_behind_compute_except_the_first_block
         assert prediction.step_s == pytest.approx(expected, rel=REL)
         assert _stage(prediction, "denoise").bound == ("pcie" if streamed / rate > device else "gpu")
         assert _stage(prediction, "denoise").terms["stream_s"] == pytest.approx(streamed / rate, rel=REL)
+        assert _stage(prediction, "denoise").terms["streamed_bytes"] == streamed
 
 
 def test_sequential_offload_copies_every_transformer_weight_from_pageable_memory_each_step_without_overlap():
