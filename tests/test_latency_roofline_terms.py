@@ -158,11 +158,11 @@ def test_sequential_offload_copies_every_transformer_weight_from_pageable_memory
 
 
 @pytest.mark.parametrize("placement, moved", [("model_offload", "all"), ("sequential", "encoders"), ("resident", None), ("partial", None)])
-@pytest.mark.parametrize("t5", ["fp8", "cpu"])
+@pytest.mark.parametrize("t5", ["16bit", "fp8", "cpu"])
 def test_offload_moves_the_components_in_once_per_image_from_pageable_memory(placement, moved, t5):
     job = _job("fp8", placement=placement, k=10 if placement == "partial" else None, t5=t5)
     eff = EFFICIENCY["ada"]
-    encoders = job.clip_bytes + job.vae_bytes + (job.t5_bytes if t5 == "fp8" else 0)  # T5 on the CPU is never moved
+    encoders = job.clip_bytes + job.vae_bytes + (job.t5_bytes if t5 != "cpu" else 0)  # T5 on the CPU is never moved
     bytes_moved = {"all": sum(job.block_bytes) + job.rest_bytes + encoders, "encoders": encoders, None: 0}[moved]
     prediction = latency.predict(job, _card(pcie=20.0))
     assert _stage(prediction, "offload").seconds == pytest.approx(bytes_moved / (20.0 * 1e9 * eff.pageable_h2d), rel=REL)
@@ -239,3 +239,24 @@ def test_the_card_class_picks_the_efficiency_unless_one_is_given():
     ada = replace(CARDS["H100 SXM"], card_class="ada")
     assert latency.predict(job, hopper).step_s != latency.predict(job, ada).step_s
     assert latency.predict(job, ada, EFFICIENCY["hopper"]).step_s == latency.predict(job, hopper).step_s
+
+
+def test_the_pass_work_follows_the_specs_clip_length():
+    assert latency.pass_work(replace(LARGE, clip_tokens=10), 1024, 768).text_tokens == 10 + LARGE.max_sequence_length
+
+
+def test_a_step_with_nothing_streamed_is_gpu_bound_however_short():
+    prediction = latency.predict(_job("fp8"), CARDS["H100 SXM"])
+    assert prediction.step_s < 1.0 and _stage(prediction, "denoise").bound == "gpu"
+
+
+def test_t5_on_the_gpu_encodes_at_the_matmul_efficiency_or_the_memory_efficiency():
+    bf16, gbps = 40.0, 300.0
+    eff = EFFICIENCY["ada"]
+    t5c = LARGE.t5_config
+    params = t5c["d_model"] * t5c["d_ff"] * 3 * t5c["num_layers"] + 4 * t5c["d_model"] ** 2 * t5c["num_layers"]
+    for card in (_card(bf16=bf16, memory=gbps), _card(bf16=bf16 / 1000, memory=gbps), _card(bf16=bf16, memory=gbps / 1000)):
+        job, drop = _job(t5="16bit"), _job()
+        t5 = max(encoder_flops(params, LARGE.max_sequence_length * 2) / (card.bf16_tflops * 1e12 * eff.matmul), job.t5_bytes / (card.memory_gbps * 1e9 * eff.memory))
+        got = _stage(latency.predict(job, card), "encode").seconds - _stage(latency.predict(drop, card), "encode").seconds
+        assert got == pytest.approx(t5, rel=REL)
