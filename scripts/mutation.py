@@ -206,6 +206,11 @@ def markdown(results: dict) -> str:
         )
         survivors += [f"- {module}: `{m['name']}` ({m['status']}): `{m['diff']}`" for m in r["surviving"]]
         excluded += [f"- {module}: `{m['name']}`: `{m['diff']}`: {m['reason']}" for m in r["equivalent_mutants"]]
+    scopes = []
+    for module, r in results.items():
+        names = sorted({re.sub(r"__mutmut_\*$", "", g).split(".", 2)[-1].removeprefix("x_").replace("xǁ", "").replace("ǁ", ".") for g in r["scope"]})
+        what = "every function" if names == ["*"] else ", ".join(f"`{n}`" for n in names)
+        scopes.append(f"- {module}: mutated {what}; tests: {', '.join(f'`{t}`' for t in r['tests'])}")
     any_r = next(iter(results.values()), {})
     versions = ", ".join(f"{k} {v}" for k, v in any_r.get("versions", {}).items())
     return "\n".join(
@@ -221,6 +226,10 @@ def markdown(results: dict) -> str:
             "| module | mutants | killed | of which timed out | survived | equivalent | score | minutes | measured |",
             "|:--|--:|--:|--:|--:|--:|--:|--:|:--|",
             *rows,
+            "",
+            "## Scope of each module (functions mutated; the tests run against them)",
+            "",
+            *scopes,
             "",
             "## Surviving mutants",
             "",
