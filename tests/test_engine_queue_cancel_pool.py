@@ -147,7 +147,7 @@ def test_a_job_cancelled_while_queued_fails_with_cancelled_and_never_runs(stand_
         assert behind.cancelled and not front.cancelled
         gate.set()
         front.result(WAIT)
-        with pytest.raises(Cancelled, match="before it started"):
+        with pytest.raises(Cancelled, match="^cancelled before it started$"):
             behind.result(WAIT)
         _submit(eng, "next").result(WAIT)  # the worker goes on
     assert stand_ins.ran == ["front", "next"]
@@ -189,9 +189,9 @@ def test_close_finishes_the_running_job_fails_the_queued_ones_and_frees_the_pool
     running, queued = _submit(eng, "running"), _submit(eng, "queued")
     assert stand_ins.started["running"].wait(WAIT)
     assert eng.close(timeout=0) is False  # the running job holds the worker: not stopped yet
-    with pytest.raises(EngineClosed, match="closed before this job ran"):
+    with pytest.raises(EngineClosed, match="^the engine was closed before this job ran$"):
         queued.result(WAIT)
-    with pytest.raises(EngineClosed, match="the engine is closed"):
+    with pytest.raises(EngineClosed, match="^the engine is closed$"):
         _submit(eng, "late")
     with pytest.raises(EngineClosed):
         eng.prepare(eng.request(prompt="late", seed=1))
@@ -318,3 +318,10 @@ def test_progress_carries_a_preview_only_when_asked(stand_ins, preview):
         eng.run(eng.request(prompt="q", seed=1, steps=2, width=64, height=64), preview=preview, on_progress=seen.append)
     assert [(p.step, p.total) for p in seen] == [(1, 2), (2, 2)] * 2
     assert all((p.preview is not None) is preview for p in seen)
+
+
+def test_closing_with_cancel_running_after_the_last_job_finished_cancels_nothing(stand_ins):
+    eng = _engine(stand_ins)
+    _submit(eng, "done").result(WAIT)
+    assert eng._running is None  # nothing on the device between jobs
+    assert eng.close(cancel_running=True) is True and not eng._pool
