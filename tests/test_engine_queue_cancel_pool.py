@@ -45,10 +45,13 @@ class StandIns:
         self.running = 0
         self.most_at_once = 0
         self.fail: set[str] = set()
+        self.options: list = []
+        self.load_seconds = 0.0
 
     def loader(self, model, options):
         self.loads.append((model, options.precision))
-        return LoadedModel(StandInPipe(), model, "demo", SPECS["demo"], torch.device("cpu"), options, None, None, 0.0)
+        self.options.append(options)
+        return LoadedModel(StandInPipe(), model, "demo", SPECS["demo"], torch.device("cpu"), options, None, None, self.load_seconds)
 
     def run_stages(self, loaded, request, on_step=None, enter_stage=None):
         enter_stage = enter_stage or (lambda name: None)
@@ -325,3 +328,118 @@ def test_closing_with_cancel_running_after_the_last_job_finished_cancels_nothing
     _submit(eng, "done").result(WAIT)
     assert eng._running is None  # nothing on the device between jobs
     assert eng.close(cancel_running=True) is True and not eng._pool
+
+
+# ---- the pool on a GPU, played by stand-ins -----------------------------------------------
+# On a CUDA device the pool counts what each pipeline keeps in VRAM between requests and its
+# pinned host copies; these tests give the engine a "cuda" device with every CUDA call replaced.
+
+
+@pytest.fixture
+def gpu_engine(stand_ins, monkeypatch):
+    calls = {"apply_plan": [], "free_memory": [], "tiling": []}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(engine_module, "peak_memory_bytes", lambda device: (0, "stand-in"))
+    monkeypatch.setattr(engine_module, "free_memory", lambda device: calls["free_memory"].append(device))
+    monkeypatch.setattr(memory, "apply_plan", lambda loaded, plan: calls["apply_plan"].append(loaded) or {"placement": plan.placement, "attention": plan.attention})
+
+    def make(**kwargs):
+        eng = Engine(device="cpu", warmup=False, loader=stand_ins.loader, vram_budget=kwargs.pop("vram_budget", "8GiB"), host_budget=kwargs.pop("host_budget", "64GiB"), **kwargs)
+        eng.device = torch.device("cuda")
+        eng._card = lambda: None
+        eng.calls = calls
+        return eng
+
+    return make
+
+
+def test_on_a_gpu_an_entry_counts_its_vram_between_requests_and_its_pinned_host_weights(stand_ins, gpu_engine):
+    eng = gpu_engine(fp8_path="upcast")
+    result = _submit(eng, "a").result(WAIT)
+    (key, entry), = eng._pool.items()
+    terms = entry.plan.breakdown
+    assert entry.vram_bytes == terms["vram_between_requests"] > 0 and entry.host_bytes == terms["host_weights"]
+    assert key.placement == (f"partial:{entry.plan.resident_blocks}" if entry.plan.placement == "partial" else entry.plan.placement)
+    (model, precision), options = stand_ins.loads[0], stand_ins.options[0]
+    assert (options.device, options.fp8_path, options.precision) == ("cuda", "upcast", "fp8")
+    assert eng.calls["apply_plan"] == [entry.loaded] and result.stats["loaded"] is True
+    assert eng.close() is True and eng.calls["free_memory"] == [torch.device("cuda")]
+
+
+def test_on_a_gpu_a_load_that_fits_the_vram_beside_the_pool_exactly_evicts_nothing(stand_ins, gpu_engine):
+    eng = gpu_engine(vram_budget="80GiB")
+    _submit(eng, "fp8", precision="fp8").result(WAIT)
+    (entry,) = eng._pool.values()
+    need = eng._plan_for("demo", "bf16", SPECS["demo"], eng.request(prompt="x", seed=1, steps=3, width=64, height=64)).predicted_peak_vram_bytes
+    entry.vram_bytes = eng.vram_budget - need  # the pool holds exactly what leaves room for the newcomer's peak
+    _submit(eng, "bf16", precision="bf16").result(WAIT)
+    assert [k.precision for k in eng._pool] == ["fp8", "bf16"]
+    eng._evict(next(k for k in eng._pool if k.precision == "bf16"), "test")
+    entry.vram_bytes += 1  # one byte over: the least recently used goes
+    _submit(eng, "bf16 again", precision="bf16").result(WAIT)
+    assert [k.precision for k in eng._pool] == ["bf16"]
+    assert [e["why"] for e in eng.events if e["event"] == "evict"] == ["test", "budget"]
+    eng.close()
+
+
+def test_on_a_gpu_host_weights_count_against_the_host_budget(stand_ins, gpu_engine):
+    eng = gpu_engine(vram_budget="80GiB")
+    _submit(eng, "fp8", precision="fp8").result(WAIT)
+    (entry,) = eng._pool.values()
+    entry.host_bytes = eng.host_budget  # its pinned copies fill the host budget exactly (VRAM has room)
+    _submit(eng, "bf16", precision="bf16").result(WAIT)  # a resident plan pins nothing more: it fits
+    assert [k.precision for k in eng._pool] == ["fp8", "bf16"]
+    eng._evict(next(k for k in eng._pool if k.precision == "bf16"), "test")
+    entry.host_bytes += 1  # one byte over the host budget: the next load evicts it
+    _submit(eng, "bf16 again", precision="bf16").result(WAIT)
+    assert [k.precision for k in eng._pool] == ["bf16"]
+    eng.close()
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_compile_applies_to_resident_pipelines_on_a_gpu_only(stand_ins, gpu_engine, compile_):
+    eng = gpu_engine(vram_budget="80GiB", compile=compile_)
+    _submit(eng, "big budget").result(WAIT)
+    (entry,) = eng._pool.values()
+    assert entry.plan.placement == "resident" and entry.applied.get("compiled", False) is compile_
+    eng.close()
+    small = gpu_engine(vram_budget="256MiB", compile=True)  # too small for the demo resident: it streams
+    small.host_budget = 1 << 50
+    _submit(small, "small budget").result(WAIT)
+    (entry,) = small._pool.values()
+    assert entry.plan.placement != "resident" and "compiled" not in entry.applied
+    small.close()
+    cpu = _engine(stand_ins, compile=True)
+    _submit(cpu, "cpu").result(WAIT)
+    assert "compiled" not in next(iter(cpu._pool.values())).applied
+    cpu.close()
+
+
+def test_the_fault_hook_sees_the_load_only_when_a_pipeline_is_loaded(stand_ins):
+    seen = []
+    with _engine(stand_ins) as eng:
+        eng.fault_hook = seen.append
+        _submit(eng, "first").result(WAIT)
+        _submit(eng, "second").result(WAIT)
+    assert seen == ["load", "encode", "denoise", "decode", "encode", "denoise", "decode"]
+
+
+def test_a_load_is_counted_and_logged_with_its_seconds(stand_ins):
+    stand_ins.load_seconds = 1.23456
+    with _engine(stand_ins) as eng:
+        for precision in ("fp8", "bf16", "fp8", "fp32"):
+            _submit(eng, precision, precision=precision).result(WAIT)
+        loads = [e for e in eng.events if e["event"] == "load"]
+    assert eng.load_count == 3 and [e["key"]["precision"] for e in loads] == ["fp8", "bf16", "fp32"]
+    assert {e["load_s"] for e in loads} == {1.235}
+
+
+def test_a_pipeline_whose_plan_cannot_be_applied_is_dropped_and_its_memory_freed(stand_ins, monkeypatch):
+    freed = []
+    monkeypatch.setattr(engine_module, "free_memory", freed.append)
+    monkeypatch.setattr(memory, "apply_plan", lambda loaded, plan: (_ for _ in ()).throw(RuntimeError("hooks failed")))
+    with _engine(stand_ins) as eng:
+        with pytest.raises(RuntimeError, match="hooks failed"):
+            _submit(eng, "a").result(WAIT)
+        assert not eng._pool and eng.load_count == 1 and freed == [torch.device("cpu")]
