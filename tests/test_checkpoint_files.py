@@ -188,3 +188,29 @@ def test_a_diffusers_keyed_file_loads_as_it_is_without_the_other_components(tmp_
     save_file({checkpoint.SAI_PREFIX + k: v for k, v in _sd3_tensors().items()}, str(prefixed))
     assert set(checkpoint.read_single_file_transformer(prefixed)[1]) == set(_sd3_tensors())  # the prefix is stripped
     assert checkpoint._strip_prefix("model.diffusion_model.x") == "x" and checkpoint._strip_prefix("x.model.diffusion_model.") == "x.model.diffusion_model."
+
+
+def test_a_component_rewritten_in_bf16_keeps_its_integer_tensors_and_its_metadata(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(2, 2), "ids": torch.arange(3), "mask": torch.tensor([True, False])}, str(path), metadata={"format": "pt", "note": "kept"})
+    checkpoint._rewrite_in_storage_dtype(tmp_path)
+    stored = load_file(str(path))
+    assert (stored["w"].dtype, stored["ids"].dtype, stored["mask"].dtype) == (torch.bfloat16, torch.int64, torch.bool)
+    assert stored["ids"].tolist() == [0, 1, 2]
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {"format": "pt", "note": "kept"}
+
+
+def test_a_checkpoint_folder_holds_exactly_the_pipelines_parts_and_may_be_nested_anew(load_tiny, tmp_path):
+    source = load_tiny(precision="fp8")
+    out = checkpoint.save_fp8_checkpoint(source.pipe, tmp_path / "a" / "b" / "ckpt", TRANSFORMER_POLICY, "tiny", None)
+    parts = {name for name, c in source.pipe.components.items() if c is not None}
+    assert {p.name for p in out.iterdir()} == parts | {"model_index.json", checkpoint.MANIFEST}
+    assert {p.name for p in (out / "transformer").iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
+
+
+def test_a_transformer_without_fp8_layers_is_refused_with_the_whole_message(load_tiny, tmp_path):
+    with pytest.raises(ValueError, match="^the pipeline's transformer has no FP8 layers; load it with precision fp8 first$"):
+        checkpoint.save_fp8_checkpoint(load_tiny(precision="fp32").pipe, tmp_path / "x", TRANSFORMER_POLICY, "tiny", None)
