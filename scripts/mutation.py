@@ -231,6 +231,7 @@ def markdown(results: dict) -> str:
             "",
             *scopes,
             "",
+            *(["## Notes", "", *(f"- {m}: {r['note']}" for m, r in results.items() if r.get("note")), ""] if any(r.get("note") for r in results.values()) else []),
             "## Surviving mutants",
             "",
             *(survivors or ["None."]),
