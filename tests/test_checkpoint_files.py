@@ -139,7 +139,7 @@ def test_a_saved_checkpoint_states_its_format_and_stores_every_component_in_bf16
     assert (out / "model_index.json").is_file() and (out / "transformer" / "config.json").is_file()
 
 
-def _sd3_tensors(layers=2, dual=(), width=8, heads_dim=4, joint=16, pos=(1, 9, 8)):
+def _sd3_tensors(layers=2, dual=(), width=8, heads_dim=4, joint=16, pos=(1, 16, 8)):
     t = {"context_embedder.weight": torch.zeros(width, joint), "pos_embed.pos_embed": torch.zeros(*pos)}
     for i in range(layers):
         t[f"transformer_blocks.{i}.attn.norm_q.weight"] = torch.zeros(heads_dim)
@@ -150,7 +150,7 @@ def _sd3_tensors(layers=2, dual=(), width=8, heads_dim=4, joint=16, pos=(1, 9, 8
 
 def test_a_files_architecture_is_read_from_its_tensor_shapes():
     shape = checkpoint.file_architecture(_sd3_tensors(layers=3, dual=(0, 2)))
-    assert shape == {"num_layers": 3, "caption_projection_dim": 8, "joint_attention_dim": 16, "attention_head_dim": 4, "pos_embed_max_size": 3, "dual_attention_layers": (0, 2)}
+    assert shape == {"num_layers": 3, "caption_projection_dim": 8, "joint_attention_dim": 16, "attention_head_dim": 4, "pos_embed_max_size": 4, "dual_attention_layers": (0, 2)}
     without_pos = _sd3_tensors()
     del without_pos["pos_embed.pos_embed"]
     assert "pos_embed_max_size" not in checkpoint.file_architecture(without_pos)
@@ -162,7 +162,7 @@ def test_a_files_architecture_is_read_from_its_tensor_shapes():
 
 def test_the_matching_config_is_found_and_a_mismatch_names_each_differing_field():
     tensors = _sd3_tensors(layers=2, dual=(1,))
-    right = {"num_layers": 2, "caption_projection_dim": 8, "joint_attention_dim": 16, "attention_head_dim": 4, "pos_embed_max_size": 3, "dual_attention_layers": [1]}
+    right = {"num_layers": 2, "caption_projection_dim": 8, "joint_attention_dim": 16, "attention_head_dim": 4, "pos_embed_max_size": 4, "dual_attention_layers": [1]}
     wrong = {**right, "num_layers": 4, "dual_attention_layers": None}
     assert checkpoint.infer_transformer_config(tensors, [wrong, right]) is right
     assert checkpoint.infer_transformer_config(tensors, [wrong]) is None
@@ -174,8 +174,9 @@ def test_the_matching_config_is_found_and_a_mismatch_names_each_differing_field(
 def test_a_file_without_an_sd3_transformer_is_refused_naming_the_keys_it_lacks(tmp_path):
     path = tmp_path / "unet.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.weight": torch.zeros(2)}, str(path))
-    with pytest.raises(ModelLoadError, match=r"unet.safetensors holds no SD3 transformer \(no 'joint_blocks.' or 'transformer_blocks.' keys\)"):
+    with pytest.raises(ModelLoadError, match=r"^unet.safetensors holds no SD3 transformer \(no 'joint_blocks.' or 'transformer_blocks.' keys\)$") as e:
         checkpoint.read_single_file_transformer(path)
+    assert e.value.tried == [str(path)] and e.value.fix == "Pass an SD3 / SD3.5 checkpoint, a diffusers folder, or a hub id."
 
 
 def test_a_diffusers_keyed_file_loads_as_it_is_without_the_other_components(tmp_path):
