@@ -174,8 +174,9 @@ def test_the_matching_config_is_found_and_a_mismatch_names_each_differing_field(
 def test_a_file_without_an_sd3_transformer_is_refused_naming_the_keys_it_lacks(tmp_path):
     path = tmp_path / "unet.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.weight": torch.zeros(2)}, str(path))
-    with pytest.raises(ModelLoadError, match=r"^unet.safetensors holds no SD3 transformer \(no 'joint_blocks.' or 'transformer_blocks.' keys\)$") as e:
+    with pytest.raises(ModelLoadError) as e:
         checkpoint.read_single_file_transformer(path)
+    assert e.value.message == "unet.safetensors holds no SD3 transformer (no 'joint_blocks.' or 'transformer_blocks.' keys)"
     assert e.value.tried == [str(path)] and e.value.fix == "Pass an SD3 / SD3.5 checkpoint, a diffusers folder, or a hub id."
 
 
