@@ -216,3 +216,25 @@ def test_a_checkpoint_folder_holds_exactly_the_pipelines_parts_and_may_be_nested
 def test_a_transformer_without_fp8_layers_is_refused_with_the_whole_message(load_tiny, tmp_path):
     with pytest.raises(ValueError, match="^the pipeline's transformer has no FP8 layers; load it with precision fp8 first$"):
         checkpoint.save_fp8_checkpoint(load_tiny(precision="fp32").pipe, tmp_path / "x", TRANSFORMER_POLICY, "tiny", None)
+
+
+def test_each_refusal_says_how_to_fix_it_in_full(tmp_path):
+    cases = []
+    with pytest.raises(ModelLoadError) as e:
+        checkpoint.refuse_pickle(tmp_path / "m.ckpt")
+    cases.append((e.value, "Convert it to .safetensors with a trusted tool first, or use the model's .safetensors release."))
+    (tmp_path / "only.bin").write_bytes(b"")
+    with pytest.raises(ModelLoadError) as e:
+        checkpoint.safetensors_files(tmp_path)
+    assert e.value.message == f"{tmp_path} has no .safetensors weights (only pickle files: only.bin)"
+    cases.append((e.value, "fp8pipe loads safetensors only; use the model's safetensors release."))
+    (tmp_path / "c.json").write_text("[]")
+    with pytest.raises(ModelLoadError) as e:
+        checkpoint.read_json_object(tmp_path / "c.json")
+    assert e.value.tried == [str(tmp_path / "c.json")]
+    cases.append((e.value, "restore the file from the model's source"))
+    (tmp_path / checkpoint.MANIFEST).write_text("[]")
+    with pytest.raises(ModelLoadError) as e:
+        checkpoint.read_manifest(tmp_path)
+    cases.append((e.value, "re-run `python -m fp8pipe quantize`"))
+    assert [(error.fix) for error, _ in cases] == [fix for _, fix in cases]
