@@ -76,7 +76,7 @@ FORK = {"process_isolation": "fork", "timeout_constant": 5.0}
 # module -> (mutmut name globs: x_<function>, xǁ<Class>ǁ<method>; the tests that cover it; extra
 # [tool.mutmut] settings). Each module runs on its own with only its covering tests.
 SCOPE = {
-    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py"], {}),
+    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py", "tests/test_fp8_path_counts.py"], {}),
     # Single-file key conversion (diffusers' converter, run twice for ComfyUI's scaled FP8) is left
     # out: its tests build whole tiny pipelines per mutant (minutes each on 2 cores).
     "checkpoint": (
