@@ -267,8 +267,9 @@ def main(argv=None) -> int:
                 print(f"mutmut run failed for {module} (exit {run.returncode}); see the output above", file=sys.stderr)
                 return 1
         seconds = time.perf_counter() - start if not args.report_only else results.get(module, {}).get("minutes", 0) * 60
+        row = measure(module, seconds, command, mutmut)
         results = json.loads(out.read_text())["modules"] if out.is_file() else {}  # others' rows as they are now
-        results[module] = measure(module, seconds, command, mutmut)
+        results[module] = row
         results = {m: results[m] for m in SCOPE if m in results}  # SCOPE's order
         out.write_text(json.dumps({"modules": results}, indent=1, ensure_ascii=False) + "\n")
         out.with_suffix(".md").write_text(markdown(results))
