@@ -93,7 +93,7 @@ SCOPE = {
         {},
     ),
     "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py", "tests/test_request_text_refusals.py"], FORK),
-    "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py"], FORK),
+    "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py", "tests/test_filter_word_forms.py"], FORK),
     "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py", "tests/test_png_parameters_edges.py", "tests/test_lora_cli.py::test_lora_tags_round_trip_through_the_parameters_text", "tests/test_lora_cli.py::test_a_malformed_lora_tag_stays_part_of_the_prompt"], FORK),
     "planner": ([f"fp8pipe.planner.x_{f}__mutmut_*" for f in PLANNER], PURE_PLANNER_TESTS, FORK),
     "planner: sizes": ([f"fp8pipe.sizes.x_{f}__mutmut_*" for f in SIZES], PURE_PLANNER_TESTS, FORK),
