@@ -269,6 +269,8 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - start if not args.report_only else results.get(module, {}).get("minutes", 0) * 60
         row = measure(module, seconds, command, mutmut)
         results = json.loads(out.read_text())["modules"] if out.is_file() else {}  # others' rows as they are now
+        if args.report_only and module in results:  # the same run, re-read: keep when it was measured
+            row["measured"] = results[module].get("measured", row["measured"])
         results[module] = row
         results = {m: results[m] for m in SCOPE if m in results}  # SCOPE's order
         out.write_text(json.dumps({"modules": results}, indent=1, ensure_ascii=False) + "\n")
