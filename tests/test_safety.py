@@ -20,7 +20,7 @@ def test_words_that_merely_contain_a_filter_word_pass(prompt):
 @pytest.mark.parametrize(
     "prompt",
     ["nudes", "goring", "gored", "gory", "nu\x00de", "nu\u00adde", "nud\u0435", "\uff4e\uff55\uff44\uff45", "\U0001d427\U0001d42e\U0001d41d\U0001d41e", "n u d e", "nu-de", "blood baths"],
-    ids=ascii,
+    ids=lambda s: " ".join(c if c.isascii() and c.isprintable() else f"U+{ord(c):04X}" for c in s),  # no backslash: node ids pass through mutmut intact
 )
 def test_word_forms_invisible_characters_and_look_alike_letters_are_caught(prompt):
     assert blocked_words(prompt, WORDS)
