@@ -398,13 +398,23 @@ def test_on_a_gpu_host_weights_count_against_the_host_budget(stand_ins, gpu_engi
 
 
 @pytest.mark.parametrize("compile_", [False, True])
-def test_compile_applies_to_resident_pipelines_on_a_gpu_only(stand_ins, gpu_engine, compile_):
+def test_compile_applies_to_resident_pipelines_on_a_gpu_with_a_warm_up_only(stand_ins, gpu_engine, compile_, monkeypatch):
+    import fp8pipe.compiling
+
+    monkeypatch.setattr(fp8pipe.compiling, "compile_transformer_", lambda model: "blocks")
     eng = gpu_engine(vram_budget="80GiB", compile=compile_)
+    eng.warmup = True  # the engine compiles only where a warm-up compiles before the first visitor
     _submit(eng, "big budget").result(WAIT)
     (entry,) = eng._pool.values()
-    assert entry.plan.placement == "resident" and entry.applied.get("compiled", False) is compile_
+    assert entry.plan.placement == "resident" and entry.plan.execution == ("compiled" if compile_ else "eager")
+    assert bool(entry.applied.get("compiled", False)) is compile_
     eng.close()
+    cold = gpu_engine(vram_budget="80GiB", compile=True)  # no warm-up: the first visitor would pay the compile
+    _submit(cold, "no warm-up").result(WAIT)
+    assert "compiled" not in next(iter(cold._pool.values())).applied
+    cold.close()
     small = gpu_engine(vram_budget="256MiB", compile=True)  # too small for the demo resident: it streams
+    small.warmup = True
     small.host_budget = 1 << 50
     _submit(small, "small budget").result(WAIT)
     (entry,) = small._pool.values()

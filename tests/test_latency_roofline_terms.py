@@ -91,9 +91,9 @@ def test_a_memory_bound_step_is_weights_activations_and_elementwise_traffic_at_t
     elementwise = rows * (work.image_tokens + work.text_tokens) * d * value * latency.ELEMENTWISE_WIDTHS[execution] * layers
     quantizer = rows * work.block_linear_in * latency.QUANTIZER_BYTES[execution] if scaled else 0.0
     dequant = 0.0
-    if precision == "fp8":  # weight-only layers (AdaLN always, every block linear without scaled_mm) dequantize once per call
-        adaln = work.adaln_flops / 2
-        dequant = (adaln + (0.0 if scaled else sum(job.block_bytes) - adaln)) * latency.DEQUANT_BYTES[execution]
+    if precision == "fp8":  # weight-only layers dequantize once per call: AdaLN (a few rows) always, by casting the
+        adaln = work.adaln_flops / 2  # weight and scaling the output; every block linear without scaled_mm, by the dequantizer
+        dequant = adaln * latency.FEW_ROWS_DEQUANT_BYTES + (0.0 if scaled else sum(job.block_bytes) - adaln) * latency.DEQUANT_BYTES[execution]
     expected = (weights + io + elementwise + quantizer + dequant) / (gbps * 1e9)
     prediction = latency.predict(job, card, PEAK)
     assert prediction.step_floor_s == pytest.approx(expected, rel=REL)

@@ -242,9 +242,13 @@ def test_each_plan_carries_the_latency_models_prediction_for_its_own_placement_t
         assert p.stages == {s.name: {"predicted_s": s.seconds, "floor_s": s.floor_seconds} for s in pred.stages}
 
 
-def test_a_step_down_keeps_compiled_execution():
-    plan = planner.plan_placement(LARGE, 16 * GiB, 64 * GiB, WORK, "fp8", "sdpa", "drop", CARD, "compiled")
-    assert planner.next_plan(plan, LARGE).execution == "compiled"
+@pytest.mark.parametrize("t5, resident_after", [("auto", True), ("drop", False)])
+def test_a_step_down_stays_compiled_only_while_it_stays_resident(t5, resident_after):
+    plan = planner.plan_placement(LARGE, 32 * GiB, 64 * GiB, WORK, "fp8", "sdpa", t5, CARDS["RTX 4090"], "compiled")
+    assert plan.placement == "resident" and plan.execution == "compiled"
+    lower = planner.next_plan(plan, LARGE)
+    assert (lower.placement == "resident") is resident_after
+    assert lower.execution == ("compiled" if resident_after else "eager")  # the engine compiles resident transformers only
 
 
 @pytest.mark.parametrize("tiled_work, attention", [(False, "sdpa-math"), (True, "sdpa")])
