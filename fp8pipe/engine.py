@@ -403,8 +403,7 @@ class Engine:
 
         mode = self.lora_modes.get((entry.key.model, entry.key.precision), (self.lora_mode,))[0]
         budget = self.lora_budget if mode == "runtime" else None  # merged LoRAs take no memory beside the weights
-        stats, specs = apply_for_request(entry.lora_set, self.loras, self.lora_library, request.loras, mode, budget)
-        return stats, specs
+        return apply_for_request(entry.lora_set, self.loras, self.lora_library, request.loras, mode, budget)
 
     def _generate(self, entry: Entry, job: Job, stage: dict) -> tuple[list, dict]:
         def enter(name: str) -> None:
@@ -644,11 +643,8 @@ class Engine:
         self.compile_error = f"{type(error).__name__}: {str(error)[:200]}"
         log.warning("torch.compile failed (%s); running eager", self.compile_error)
         key, plan = entry.key, entry.plan
-        work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps)
-        ladder = memory.plan_ladder(self.spec_for(key.model), plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, plan.attention, plan.t5, self._card(), "eager")
-        same = [p for p in ladder if (p.placement, p.t5, p.vae_tiling) == (plan.placement, plan.t5, plan.vae_tiling)]
-        eager = same[0] if same else replace(plan, execution="eager")
-        entry.plan = replace(eager, level=plan.level, t5_policy=plan.t5_policy, reasons=(*plan.reasons, f"eager: compiling failed ({self.compile_error})"))
+        eager = memory.as_eager(plan, self.spec_for(key.model), self._card())
+        entry.plan = replace(eager, reasons=(*plan.reasons, f"eager: compiling failed ({self.compile_error})"))
         entry.applied["compiled"] = False
         entry.applied["compile_error"] = self.compile_error
         self.events.append({"event": "compile_failed", "key": vars(key), "error": self.compile_error})

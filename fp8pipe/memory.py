@@ -13,7 +13,7 @@ from .placement import HostModule, apply_attention, apply_plan, apply_plan_tilin
 from .placement import load_options_for, xformers_usable  # noqa: F401
 from .plan_command import add_plan_command, cmd_plan  # noqa: F401
 from .planner import *  # noqa: F403
-from .planner import Plan, free_vram_bytes, host_ram_bytes, next_plan, plan_ladder, plan_placement  # noqa: F401
+from .planner import Plan, as_eager, free_vram_bytes, host_ram_bytes, next_plan, plan_as_run, plan_ladder, plan_placement  # noqa: F401
 from .planner import planner_table, predict, table_markdown  # noqa: F401
 from .sizes import *  # noqa: F403
 from .sizes import _max_leaf_bytes, _module_bytes  # noqa: F401

@@ -369,6 +369,19 @@ def plan_as_run(
     return plan_placement(spec, vram_budget, host_budget, work, precision, attention, t5_policy, card, "eager")
 
 
+def plan_workload(plan: Plan) -> Workload:
+    """The request `plan` was made for: size, batch, guidance, steps and its runtime LoRA bytes."""
+    return Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps, plan.lora_bytes)
+
+
+def as_eager(plan: Plan, spec: ModelSpec, card: Card | None = None) -> Plan:
+    """`plan` predicted for eager execution (what runs when compiling fails): the same placement,
+    T5 and VAE tiling on the eager ladder, at the same step-down level and T5 policy."""
+    ladder = plan_ladder(spec, plan.vram_budget_bytes, plan.host_budget_bytes, plan_workload(plan), plan.precision, plan.attention, plan.t5, card, "eager")
+    same = next((p for p in ladder if (p.placement, p.t5, p.vae_tiling) == (plan.placement, plan.t5, plan.vae_tiling)), None)
+    return replace(same or replace(plan, execution="eager"), level=plan.level, t5_policy=plan.t5_policy, reasons=plan.reasons)
+
+
 def _why(ladder: list[Plan], chosen: Plan) -> list[str]:
     budget = format_size(int(chosen.vram_budget_bytes * (1 - SAFETY_FRACTION)))
     lines = []
@@ -395,7 +408,7 @@ def next_plan(plan: Plan, spec: ModelSpec, attention: str | None = None, card: C
     plan was predicted for when it is not a named one (a probed GPU)."""
     from .cards import find_card
 
-    work = Workload(plan.width, plan.height, plan.batch, plan.guidance, plan.steps, plan.lora_bytes)
+    work = plan_workload(plan)
     if card is None and plan.card in CARDS:
         card = find_card(plan.card)
     args = (spec, plan.vram_budget_bytes, plan.host_budget_bytes, work, plan.precision, attention or plan.attention, plan.t5_policy, card)

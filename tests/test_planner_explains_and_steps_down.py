@@ -271,3 +271,13 @@ def test_t5_stays_on_the_host_when_the_host_ram_is_exactly_what_the_plan_needs()
     assert (resident.t5, resident.predicted_peak_host_bytes, resident.fits) == ("cpu", need, True)
     one_short = next(p for p in planner.plan_ladder(LARGE, 80 * GiB, need - 1, WORK, "fp8", "sdpa", "cpu", CARD) if p.placement == "resident")
     assert one_short.t5 == "drop"
+
+
+def test_the_eager_twin_of_a_compiled_plan_keeps_its_placement_level_and_lora_bytes():
+    work = replace(WORK, lora_bytes=512 * 2**20)
+    compiled = replace(planner.plan_placement(LARGE, 32 * GiB, 64 * GiB, work, "fp8", "sdpa", "auto", CARDS["RTX 4090"], "compiled"), level=3)
+    eager = planner.as_eager(compiled, LARGE, CARDS["RTX 4090"])
+    assert compiled.execution == "compiled" and eager.execution == "eager"
+    assert (eager.placement, eager.t5, eager.vae_tiling, eager.level) == (compiled.placement, compiled.t5, compiled.vae_tiling, 3)
+    assert eager.lora_bytes == work.lora_bytes and eager.predicted_peak_vram_bytes == compiled.predicted_peak_vram_bytes
+    assert eager.predicted_latency_s > compiled.predicted_latency_s  # the eager quantizer and elementwise traffic cost time
