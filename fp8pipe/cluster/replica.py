@@ -42,7 +42,7 @@ class EngineReplica:
         self.model, self.precision, self.stall_s = model or chosen.model, chosen.precision, stall_s
         self.serving = serving or {}  # the deployment's ServeOptions, for the front's concurrency
         loras = [LoraSpec(x.file, x.strength) for x in chosen.loras]
-        self.engine = Engine(device=device, vram_budget=chosen.vram, warmup=warmup, t5=chosen.t5, loras=loras, lora_mode=chosen.lora_mode)
+        self.engine = Engine(device=device, vram_budget=chosen.vram, warmup=warmup, t5=chosen.t5, compile=chosen.compile, loras=loras, lora_mode=chosen.lora_mode)
         self.engine.start(models=[(self.model, self.precision)])
         try:
             self.replica = serve.get_replica_context().replica_id.to_full_id_str()
