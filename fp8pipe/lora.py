@@ -324,7 +324,7 @@ def apply_for_request(lora_set: LoraSet, fixed, library, request_loras, mode: st
 
 
 def lora_bytes(files: list[LoraFile], dtype_bytes: int = 2) -> int:
-    """What runtime LoRAs add to device memory (A and B of every layer at `dtype_bytes` each);
-    for the planner, which does not count them yet."""
+    """What runtime LoRAs add to device memory (A and B of every layer at `dtype_bytes` each), from
+    files already read (the planner counts them from the headers alone: lora_library.runtime_bytes)."""
     return sum(a.numel() + b.numel() for lora in files for a, b, _ in lora.layers.values()) * dtype_bytes
 
