@@ -81,7 +81,7 @@ SCOPE = {
     # out: its tests build whole tiny pipelines per mutant (minutes each on 2 cores).
     "checkpoint": (
         [f"fp8pipe.checkpoint.x_{f}__mutmut_*" for f in CHECKPOINT],
-        ["tests/test_checkpoint_files.py", "tests/test_checkpoint.py"],
+        ["tests/test_checkpoint_files.py", "tests/test_checkpoint.py", "tests/test_comfy_layouts.py"],
         {},
     ),
     "loader: manifest use": (
