@@ -401,7 +401,7 @@ class Engine:
             return {"lora_mode": None, "loras": []}, []
         from .lora import apply_for_request
 
-        mode = self.lora_modes.get((entry.key.model, entry.key.precision), (self.lora_mode,))[0]
+        mode = self.lora_modes[(entry.key.model, entry.key.precision)][0]  # chosen by _lora_plan
         budget = self.lora_budget if mode == "runtime" else None  # merged LoRAs take no memory beside the weights
         return apply_for_request(entry.lora_set, self.loras, self.lora_library, request.loras, mode, budget)
 
@@ -579,9 +579,9 @@ class Engine:
                 from .lora import LoraSet
 
                 lora_set = LoraSet(loaded.pipe)
-                mode = self.lora_modes.get((model, precision), (self.lora_mode,))[0]
+                mode = self.lora_modes[(model, precision)][0]  # chosen by _lora_plan when the plan was made
                 # Before the plan's offload hooks, which hold the weights they are given: merged once, here.
-                lora_applied = lora_set.apply(list(self.loras), "runtime" if mode == "auto" else mode)
+                lora_applied = lora_set.apply(list(self.loras), mode)
             applied = memory.apply_plan(loaded, plan)
             if lora_applied is not None:
                 applied["loras"] = lora_applied
@@ -612,12 +612,12 @@ class Engine:
     def _make_room(self, plan: Plan) -> None:
         """Evict least recently used pipelines until `plan` fits beside the rest."""
         on_gpu = self.device.type == "cuda"
-        need_vram = plan.predicted_peak_vram_bytes if on_gpu else 0
-        need_host = plan.breakdown.get("host_weights", 0) if on_gpu else plan.breakdown.get("weights_on_gpu", 0)
+        need_host = plan.breakdown.get("host_weights", 0) if on_gpu else plan.breakdown.get("weights_on_gpu", 0)  # {} if unplanned
         while self._pool:
             vram = sum(e.vram_bytes for e in self._pool.values())
             host = sum(e.host_bytes for e in self._pool.values())
-            if (not on_gpu or vram + need_vram <= self.vram_budget) and host + need_host <= self.host_budget:
+            vram_fits = not on_gpu or vram + plan.predicted_peak_vram_bytes <= self.vram_budget  # on the CPU nothing is in VRAM
+            if vram_fits and host + need_host <= self.host_budget:
                 return
             self._evict(next(iter(self._pool)), "budget")
 

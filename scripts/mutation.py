@@ -92,7 +92,7 @@ SCOPE = {
         ],
         {},
     ),
-    "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py", "tests/test_request_text_refusals.py"], FORK),
+    "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py", "tests/test_request_text_refusals.py", "tests/test_request_loras.py"], FORK),
     "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py", "tests/test_filter_word_forms.py"], FORK),
     "metadata": (["fp8pipe.metadata.*"], ["tests/test_metadata.py", "tests/test_metadata_parsing.py", "tests/test_png_parameters_edges.py", "tests/test_lora_cli.py::test_lora_tags_round_trip_through_the_parameters_text", "tests/test_lora_cli.py::test_a_malformed_lora_tag_stays_part_of_the_prompt"], FORK),
     "planner": ([f"fp8pipe.planner.x_{f}__mutmut_*" for f in PLANNER], PURE_PLANNER_TESTS, FORK),
@@ -110,7 +110,8 @@ SCOPE = {
         FORK,
     ),
 }
-COPIED = ("fp8pipe", "tests", "presets", "bench", "app.py", "pyproject.toml")  # bench/: the committed GPU rows some tests read
+# bench/: the committed GPU rows some tests read; docs/published_timings.toml: the published rows the latency check reads
+COPIED = ("fp8pipe", "tests", "presets", "bench", "docs/published_timings.toml", "app.py", "pyproject.toml")
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -9: "killed by signal", -11: "crash"}
 SURVIVED = {0: "survived", 33: "no covering test", 5: "no covering test"}
 
@@ -140,6 +141,7 @@ def _prepare(module: str) -> Path:
     for name in COPIED:
         src = ROOT / name
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, work / name, ignore=ignore) if src.is_dir() else shutil.copy2(src, work / name)
     source = "/".join(SCOPE[module][0][0].split(".")[:2]) + ".py"  # fp8pipe.fp8.x_f* -> fp8pipe/fp8.py
     # [tool.mutmut] is the file's last table: this module's settings replace or follow its lines.
@@ -255,7 +257,9 @@ def main(argv=None) -> int:
     modules = args.module or list(SCOPE)
     out = Path(args.out)
     results = json.loads(out.read_text())["modules"] if out.is_file() else {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    # FP8PIPE_TEST_CACHE: the tests' tiny pipeline is built once and read by every mutant's run (tests/conftest.py)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "FP8PIPE_TEST_CACHE": str(ROOT / "mutants" / "test-cache")}
     for module in modules:
         command = f"python scripts/mutation.py --module '{module}'"
         start = time.perf_counter()

@@ -7,8 +7,12 @@ T5 tokenizer.json), so nothing touches the network.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -72,14 +76,41 @@ def tokenizers_from_files(folder):
     return clip, t5
 
 
-@pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory):
-    """A tiny random SD3 pipeline saved as a diffusers folder (safetensors only)."""
-    root = tmp_path_factory.mktemp("tiny-sd3")
+def _build_tiny_pipeline_dir(root: Path) -> Path:
     clip, t5 = tokenizers_from_files(write_tokenizer_files(root / "tokenizer-files"))
     pipe = tiny.build_tiny_pipeline(TEST_SPEC, seed=0, clip_tokenizer=clip, t5_tokenizer=t5)
     pipe.save_pretrained(root / "pipeline", safe_serialization=True)
     return root / "pipeline"
+
+
+def _cached_tiny_pipeline_dir(cache: Path) -> Path:
+    """The tiny pipeline kept in `cache` across test processes: scripts/mutation.py runs a fresh
+    pytest per mutant, and building the pipeline (seconds) would cost that per mutant. The folder
+    is named for what builds it (this spec, fp8pipe/tiny.py, the library versions), written
+    beside and renamed into place, so parallel workers never read half a folder."""
+    from importlib.metadata import version
+
+    recipe = repr(TEST_SPEC) + Path(tiny.__file__).read_text() + version("diffusers") + version("transformers")
+    final = cache / f"tiny-sd3-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+    if not (final / "pipeline" / "model_index.json").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
+        _build_tiny_pipeline_dir(building)
+        try:
+            os.rename(building, final)
+        except OSError:  # another worker got there first: use its folder
+            shutil.rmtree(building, ignore_errors=True)
+    return final / "pipeline"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny random SD3 pipeline saved as a diffusers folder (safetensors only); kept across
+    runs in $FP8PIPE_TEST_CACHE when that is set (the mutation runs set it), else built anew."""
+    cache = os.environ.get("FP8PIPE_TEST_CACHE")
+    if cache:
+        return _cached_tiny_pipeline_dir(Path(cache))
+    return _build_tiny_pipeline_dir(tmp_path_factory.mktemp("tiny-sd3"))
 
 
 @pytest.fixture(scope="session")

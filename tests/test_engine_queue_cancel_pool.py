@@ -1,8 +1,5 @@
-"""The engine's queue, cancel and pool, with a stand-in pipeline: no model is loaded, nothing is drawn.
-
-The engine's only ways out are its loader and fp8pipe.generation.run_stages; both are replaced
-here by stand-ins that record what they were asked and can hold a job on its denoise stage
-(a gate), so order, waiting, cancelling and eviction are checked as facts, never by timing.
+"""The engine's queue, cancel and pool, with a stand-in pipeline (tests/engine_stand_ins.py):
+no model is loaded, nothing is drawn; order, waiting, cancelling and eviction are facts, never timings.
 """
 
 from __future__ import annotations
@@ -11,92 +8,13 @@ import threading
 
 import pytest
 import torch
-from PIL import Image
+from engine_stand_ins import WAIT, _engine, _submit, gpu_engine, stand_ins  # noqa: F401  (the fixtures)
 
 from fp8pipe import engine as engine_module
 from fp8pipe import memory
 from fp8pipe.engine import Cancelled, Engine
-from fp8pipe.loader import LoadedModel
 from fp8pipe.seam import EngineClosed, QueueFull
 from fp8pipe.specs import SPECS
-
-WAIT = 10  # seconds a stand-in waits for its gate before the test fails (a hang guard, not a measure)
-
-
-class StandInPipe:
-    def __init__(self):
-        self.transformer = torch.nn.Identity()
-        self.hooks_removed = 0
-        self._interrupt = False
-
-    def remove_all_hooks(self):
-        self.hooks_removed += 1
-
-
-class StandIns:
-    """The loader and run_stages: records calls; a prompt in `gates` waits for its Event."""
-
-    def __init__(self):
-        self.loads: list[tuple[str, str]] = []
-        self.ran: list[str] = []
-        self.steps: dict[str, int] = {}
-        self.gates: dict[str, threading.Event] = {}
-        self.started: dict[str, threading.Event] = {}
-        self.running = 0
-        self.most_at_once = 0
-        self.fail: set[str] = set()
-        self.options: list = []
-        self.load_seconds = 0.0
-
-    def loader(self, model, options):
-        self.loads.append((model, options.precision))
-        self.options.append(options)
-        return LoadedModel(StandInPipe(), model, "demo", SPECS["demo"], torch.device("cpu"), options, None, None, self.load_seconds)
-
-    def run_stages(self, loaded, request, on_step=None, enter_stage=None):
-        enter_stage = enter_stage or (lambda name: None)
-        self.running += 1
-        self.most_at_once = max(self.most_at_once, self.running)
-        try:
-            enter_stage("encode")
-            self.ran.append(request.prompt)
-            self.started.setdefault(request.prompt, threading.Event()).set()
-            enter_stage("denoise")
-            if request.prompt in self.gates:
-                assert self.gates[request.prompt].wait(WAIT)
-            if request.prompt in self.fail:
-                raise ValueError(f"bad request {request.prompt}")
-            for i in range(request.steps):
-                if loaded.pipe._interrupt:
-                    break
-                self.steps[request.prompt] = i + 1
-                on_step(loaded.pipe, i, 1000 - i, torch.zeros(1, 16, 8, 8))
-            loaded.pipe._interrupt = False
-            enter_stage("decode")
-            return [Image.new("RGB", (request.width, request.height))], {"text_encode_s": 0.0, "denoise_s": 0.0, "decode_s": 0.0}
-        finally:
-            self.running -= 1
-
-    def gate(self, prompt: str) -> threading.Event:
-        self.gates[prompt] = threading.Event()
-        self.started[prompt] = threading.Event()
-        return self.gates[prompt]
-
-
-@pytest.fixture
-def stand_ins(monkeypatch):
-    s = StandIns()
-    monkeypatch.setattr(engine_module, "run_stages", s.run_stages)
-    monkeypatch.setattr(memory, "apply_plan", lambda loaded, plan: {"placement": "resident", "attention": plan.attention})
-    return s
-
-
-def _engine(stand_ins, **kwargs) -> Engine:
-    return Engine(device="cpu", warmup=False, loader=stand_ins.loader, host_budget=kwargs.pop("host_budget", "64GiB"), **kwargs)
-
-
-def _submit(eng, prompt, steps=3, **kwargs):
-    return eng.submit(eng.request(prompt=prompt, seed=1, steps=steps, width=64, height=64), **kwargs)
 
 
 def test_jobs_run_one_at_a_time_in_arrival_order(stand_ins):
@@ -335,25 +253,6 @@ def test_closing_with_cancel_running_after_the_last_job_finished_cancels_nothing
 # pinned host copies; these tests give the engine a "cuda" device with every CUDA call replaced.
 
 
-@pytest.fixture
-def gpu_engine(stand_ins, monkeypatch):
-    calls = {"apply_plan": [], "free_memory": [], "tiling": []}
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
-    monkeypatch.setattr(engine_module, "peak_memory_bytes", lambda device: (0, "stand-in"))
-    monkeypatch.setattr(engine_module, "free_memory", lambda device: calls["free_memory"].append(device))
-    monkeypatch.setattr(memory, "apply_plan", lambda loaded, plan: calls["apply_plan"].append(loaded) or {"placement": plan.placement, "attention": plan.attention})
-
-    def make(**kwargs):
-        eng = Engine(device="cpu", warmup=False, loader=stand_ins.loader, vram_budget=kwargs.pop("vram_budget", "8GiB"), host_budget=kwargs.pop("host_budget", "64GiB"), **kwargs)
-        eng.device = torch.device("cuda")
-        eng._card = lambda: None
-        eng.calls = calls
-        return eng
-
-    return make
-
-
 def test_on_a_gpu_an_entry_counts_its_vram_between_requests_and_its_pinned_host_weights(stand_ins, gpu_engine):
     eng = gpu_engine(fp8_path="upcast")
     result = _submit(eng, "a").result(WAIT)
@@ -401,13 +300,15 @@ def test_on_a_gpu_host_weights_count_against_the_host_budget(stand_ins, gpu_engi
 def test_compile_applies_to_resident_pipelines_on_a_gpu_with_a_warm_up_only(stand_ins, gpu_engine, compile_, monkeypatch):
     import fp8pipe.compiling
 
-    monkeypatch.setattr(fp8pipe.compiling, "compile_transformer_", lambda model: "blocks")
+    compiled = []
+    monkeypatch.setattr(fp8pipe.compiling, "compile_transformer_", lambda model: compiled.append(model) or "blocks")
     eng = gpu_engine(vram_budget="80GiB", compile=compile_)
     eng.warmup = True  # the engine compiles only where a warm-up compiles before the first visitor
     _submit(eng, "big budget").result(WAIT)
     (entry,) = eng._pool.values()
     assert entry.plan.placement == "resident" and entry.plan.execution == ("compiled" if compile_ else "eager")
     assert bool(entry.applied.get("compiled", False)) is compile_
+    assert compiled == ([entry.loaded.pipe.transformer] if compile_ else [])  # the pooled pipeline's own transformer
     eng.close()
     cold = gpu_engine(vram_budget="80GiB", compile=True)  # no warm-up: the first visitor would pay the compile
     _submit(cold, "no warm-up").result(WAIT)

@@ -178,6 +178,40 @@ def test_few_rows_apply_the_scale_after_the_matmul_and_many_rows_dequantize_firs
     assert (layer(few).double() - reference(few)).abs().max() < 1e-5
 
 
+def test_exactly_few_rows_take_the_few_rows_path_and_one_more_row_dequantizes(monkeypatch):
+    layer = _layer("upcast", torch.randn(16, 32, generator=_generator(30)), torch.randn(16, generator=_generator(31)))
+    dequantized = []
+    real = fp8.dequantize_rowwise
+    monkeypatch.setattr(fp8, "dequantize_rowwise", lambda *a: dequantized.append(a[-1]) or real(*a))
+    layer(torch.randn(fp8.FEW_ROWS, 32, generator=_generator(32)))
+    assert dequantized == []
+    layer(torch.randn(2, fp8.FEW_ROWS // 2 + 1, 32, generator=_generator(33)))  # rows counted over the leading dimensions
+    assert dequantized == [torch.float32]
+
+
+@pytest.mark.parametrize("path", ["scaled_mm", "upcast"])
+def test_many_rows_in_bf16_dequantize_to_bf16_and_stay_within_the_bound(path):
+    w = torch.randn(16, 32, generator=_generator(34))
+    layer = _layer(path, w, torch.randn(16, generator=_generator(35)), compute_dtype=torch.bfloat16)
+    x = torch.randn(fp8.FEW_ROWS + 8, 32, generator=_generator(36)).to(torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (fp8.FEW_ROWS + 8, 16)
+    exact = x.double() @ w.double().T + layer.bias.double()
+    # as test_output_keeps_the_input_dtype_and_leading_shape: bf16 rounding of weight and output
+    bound = _output_bound(path, w.double(), layer.scale.double(), x.double()) + 2.0**-9 * (x.double().abs() @ w.double().abs().T) + 2.0**-8 * exact.abs()
+    assert ((y.double() - exact).abs() <= bound).all()
+
+
+def test_many_float32_rows_with_a_bias_stored_in_bf16_compute_in_float32():
+    w = torch.randn(16, 32, generator=_generator(37))
+    layer = _layer("upcast", w, torch.randn(16, generator=_generator(38)), compute_dtype=torch.bfloat16)
+    x = torch.randn(fp8.FEW_ROWS + 1, 32, generator=_generator(39))
+    y = layer(x)
+    assert y.dtype == torch.float32
+    exact = x.double() @ w.double().T + layer.bias.double()
+    assert ((y.double() - exact).abs() <= _output_bound("upcast", w.double(), layer.scale.double(), x.double())).all()
+
+
 def test_few_rows_in_fp16_do_not_overflow_before_the_scale():
     # E4M3 values reach 448: 448 x 200 x 32 inputs passes fp16's 65504 unless the product runs wider.
     layer = _layer("upcast", torch.full((16, 32), 1e-3), None)

@@ -51,3 +51,15 @@ def test_psnr_of_pictures_is_infinite_when_equal_and_20_db_for_a_tenth_of_full_s
     b = np.full((4, 4, 3), 25.5)  # an error of 255/10 everywhere: 20 log10(10) = 20 dB
     assert psnr(a, a) == float("inf")
     assert abs(psnr(a, b) - 20.0) < 1e-9
+
+
+def test_the_report_counts_adaln_layers_on_upcast_as_weight_only_once_each():
+    from fp8pipe.fp8 import fp8_report
+
+    model = _model("scaled_mm")
+    report = fp8_report(model).as_dict()
+    assert report["weight_only_adaln_layers"] == 4  # two AdaLN layers per block, both upcast by rule
+    assert report["paths"] == {"scaled_mm": 2, "upcast": 6}
+    model[1].norm1_context.linear.path = "scaled_mm"  # an AdaLN layer made to run scaled is not weight-only
+    assert fp8_report(model).as_dict()["weight_only_adaln_layers"] == 3
+    assert fp8_report(_model("upcast")).as_dict()["layer_paths"]["0.norm1.linear"] == "upcast"
