@@ -33,11 +33,6 @@ PLANNER = (
     "_t5_gpu_bytes", "_t5_host_bytes", "predict", "latency_job", "_rungs", "plan_ladder", "fp8_layer_paths", "choose",
     "candidates_summary", "plan_placement", "_why", "_name", "next_plan",
 )  # the pure planner; free_vram_bytes/host_ram_bytes ask the machine, the docs table is generated text
-CHECKPOINT = (
-    "refuse_pickle", "safetensors_files", "open_safetensors", "iter_safetensors", "read_json_object", "read_manifest",
-    "transformer_storage_state", "save_fp8_checkpoint", "_rewrite_in_storage_dtype", "_strip_prefix",
-    "read_single_file_transformer", "file_architecture", "_matches", "architecture_mismatch", "infer_transformer_config",
-)
 SIZES = (
     "parse_size", "format_size", "image_tokens", "text_tokens", "denoise_activation_bytes", "vae_decode_bytes",
     "text_encode_bytes",
@@ -67,30 +62,25 @@ PURE_PLANNER_TESTS = [
         )
     ),
 ]
-# Pure modules (no torch kernels run): workers fork from mutmut's main process, whose caches
-# (component sizes counted on the meta device) are warm from the stats run; torch has run no
-# threads there (one OpenMP thread), so forking is safe.
-# Their tests take well under a second, so a mutant that loops (a parser's position never
-# advancing) is stopped after (estimate + 5 s) x 3 instead of the shared minute-long allowance.
+# Every module's workers fork from mutmut's main process, which has run each covering test once
+# (the stats run): imports, diffusers' lazily imported modules, the tiny pipeline on disk and the
+# planner's caches are warm, so a mutant pays for its tests only. (pyproject's forkserver re-imports
+# them per mutant: checkpoint took 15 min that way, 3 min forked.) torch runs one OpenMP thread
+# and tokenizers none (TOKENIZERS_PARALLELISM=false), so forking is safe. A mutant that loops
+# (a parser's position never advancing) is stopped after 2 x 3 x (estimate + 5 s) of CPU time.
 FORK = {"process_isolation": "fork", "timeout_constant": 5.0}
 # module -> (mutmut name globs: x_<function>, xǁ<Class>ǁ<method>; the tests that cover it; extra
 # [tool.mutmut] settings). Each module runs on its own with only its covering tests.
 SCOPE = {
-    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py", "tests/test_fp8_path_counts.py"], {}),
-    # Single-file key conversion (diffusers' converter, run twice for ComfyUI's scaled FP8) is left
-    # out: its tests build whole tiny pipelines per mutant (minutes each on 2 cores).
-    "checkpoint": (
-        [f"fp8pipe.checkpoint.x_{f}__mutmut_*" for f in CHECKPOINT],
-        ["tests/test_checkpoint_files.py", "tests/test_checkpoint.py", "tests/test_comfy_layouts.py"],
-        {},
-    ),
+    "fp8": (["fp8pipe.fp8.*"], ["tests/test_fp8_numerics.py", "tests/test_fp8.py", "tests/test_fp8_path_counts.py", "tests/test_fp8_device_capability.py"], FORK),
+    "checkpoint": (["fp8pipe.checkpoint.*"], ["tests/test_checkpoint_files.py", "tests/test_checkpoint.py", "tests/test_comfy_layouts.py"], FORK),
     "loader: manifest use": (
         ["fp8pipe.loader.x__manifest_settings__mutmut_*"],
         [
             "tests/test_checkpoint.py::test_the_manifest_gives_the_policy_spec_and_kind_of_a_checkpoint_folder",
             "tests/test_checkpoint.py::test_a_checkpoint_saved_with_a_non_default_policy_loads_with_that_policy",
         ],
-        {},
+        FORK,
     ),
     "requests": (["fp8pipe.requests.*"], ["tests/test_requests.py", "tests/test_request_limits.py", "tests/test_request_text_refusals.py", "tests/test_request_loras.py"], FORK),
     "safety": (["fp8pipe.safety.*"], ["tests/test_safety.py", "tests/test_safety_hits.py", "tests/test_filter_word_forms.py"], FORK),
@@ -98,7 +88,7 @@ SCOPE = {
     "planner": ([f"fp8pipe.planner.x_{f}__mutmut_*" for f in PLANNER], PURE_PLANNER_TESTS, FORK),
     "planner: sizes": ([f"fp8pipe.sizes.x_{f}__mutmut_*" for f in SIZES], PURE_PLANNER_TESTS, FORK),
     "latency model": (["fp8pipe.latency.*"], PURE_PLANNER_TESTS, FORK),
-    "flops: work count": (["fp8pipe.flops.*"], ["tests/test_bench.py"], {}),
+    "flops: work count": (["fp8pipe.flops.*"], ["tests/test_bench.py"], FORK),
     "engine: queue, cancel, pool": (
         [
             *(ENGINE.format("Job", m) for m in ("cancel", "cancelled", "result", "done")),
@@ -106,11 +96,12 @@ SCOPE = {
         ],
         # Stand-ins for the loader and the pipeline (no model runs, so workers may fork); the
         # demo-model tests of tests/test_engine.py cost ~20 s of loading per mutant and are left out.
-        ["tests/test_engine_queue_cancel_pool.py"],
+        ["tests/test_engine_queue_cancel_pool.py", "tests/test_engine_pool_entries.py"],
         FORK,
     ),
 }
 # bench/: the committed GPU rows some tests read; docs/published_timings.toml: the published rows the latency check reads
+OPTIONAL = ("flops: work count",)  # not a core module of issue 19: run with --module
 COPIED = ("fp8pipe", "tests", "presets", "bench", "docs/published_timings.toml", "app.py", "pyproject.toml")
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -9: "killed by signal", -11: "crash"}
 SURVIVED = {0: "survived", 33: "no covering test", 5: "no covering test"}
@@ -143,7 +134,7 @@ def _prepare(module: str) -> Path:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, work / name, ignore=ignore) if src.is_dir() else shutil.copy2(src, work / name)
-    source = "/".join(SCOPE[module][0][0].split(".")[:2]) + ".py"  # fp8pipe.fp8.x_f* -> fp8pipe/fp8.py
+    source = _source(module)
     # [tool.mutmut] is the file's last table: this module's settings replace or follow its lines.
     settings = {"only_mutate": [source], "pytest_add_cli_args_test_selection": SCOPE[module][1], **SCOPE[module][2]}
     text = (work / "pyproject.toml").read_text()
@@ -155,8 +146,21 @@ def _prepare(module: str) -> Path:
     return work
 
 
-def _diff(mutmut: str, name: str, module: str) -> str:
-    out = subprocess.run([mutmut, "show", name], cwd=_workdir(module), capture_output=True, text=True).stdout
+def _source(module: str) -> str:
+    return "/".join(SCOPE[module][0][0].split(".")[:2]) + ".py"  # fp8pipe.fp8.x_f* -> fp8pipe/fp8.py
+
+
+def _diff(name: str, module: str) -> str:
+    """The mutant's changed line, before -> after (mutmut's own diff, in-process: a `mutmut show`
+    per mutant costs a second of start-up)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = os.getcwd()
+    os.chdir(_workdir(module))
+    try:
+        out = get_diff_for_mutant(name, path=Path(_source(module)))
+    finally:
+        os.chdir(cwd)
     lines = [ln[1:].strip() for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
     return " → ".join(lines[:2])[:240]
 
@@ -172,15 +176,26 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end"
 
 
-def measure(module: str, seconds: float, command: str, mutmut: str) -> dict:
-    """One module's result from its mutants/ folder: counts, score, the survivors and the equivalents."""
-    equivalent = tomllib.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.is_file() else {}
+def measure(module: str, seconds: float, command: str) -> dict:
+    """One module's result from its mutants/ folder: counts, score, the survivors and the equivalents.
+
+    An equivalent mutant is listed with the change it was judged on: mutmut numbers mutants by
+    position in their function, so after an edit the same name can be another change. A listed
+    name whose change differs now counts as a survivor ("re-check") until someone judges it again."""
+    listed = tomllib.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.is_file() else {}
     codes = _results(module)
     names = sorted(codes)
     killed = [n for n in names if codes[n] in KILLED]
-    equiv = [n for n in names if n in equivalent and n not in killed]
-    alive = [n for n in names if n not in killed and n not in equiv]
+    diffs = {n: _diff(n, module) for n in names if n not in killed}
+    equiv = [n for n in diffs if n in listed and listed[n]["diff"] == diffs[n]]
+    alive = [n for n in diffs if n not in equiv]
     counted = len(names) - len(equiv)
+
+    def status(n: str) -> str:
+        if n in listed:
+            return f"re-check: listed as equivalent for `{listed[n]['diff']}`"
+        return SURVIVED.get(codes[n], f"exit {codes[n]}")
+
     return {
         "mutants": len(names),
         "killed": len(killed),
@@ -195,8 +210,8 @@ def measure(module: str, seconds: float, command: str, mutmut: str) -> dict:
         "versions": _versions(),
         "scope": SCOPE[module][0],
         "tests": SCOPE[module][1],
-        "surviving": [{"name": n, "status": SURVIVED.get(codes[n], f"exit {codes[n]}"), "diff": _diff(mutmut, n, module)} for n in alive],
-        "equivalent_mutants": [{"name": n, "diff": _diff(mutmut, n, module), "reason": equivalent[n]} for n in equiv],
+        "surviving": [{"name": n, "status": status(n), "diff": diffs[n]} for n in alive],
+        "equivalent_mutants": [{"name": n, "diff": diffs[n], "reason": listed[n]["reason"]} for n in equiv],
     }
 
 
@@ -220,8 +235,8 @@ def markdown(results: dict) -> str:
             "# Mutation score of the core modules",
             "",
             "Measured with `python scripts/mutation.py` (mutmut, one module at a time, each module's covering tests only;",
-            "the command of each row is in `mutation.json`), on a shared 2-core CPU machine with other jobs running",
-            f"(times are wall-clock minutes under that load, at `nice -n 10`; {versions}).",
+            f"the command of each row is in `mutation.json`) on {any_r.get('machine', 'an unrecorded machine')}; {versions}.",
+            f"Minutes are wall-clock; all modules together: **{sum(r['minutes'] for r in results.values()):.1f} minutes**.",
             "Score = killed / (mutants - equivalent); a timeout counts as killed, a mutant no test reaches as survived.",
             "The scope of each module (the functions mutated and the tests run) is in `mutation.json` and `scripts/mutation.py`.",
             "",
@@ -254,12 +269,12 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's mutants/")
     args = parser.parse_args(argv)
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
-    modules = args.module or list(SCOPE)
+    modules = args.module or [m for m in SCOPE if m not in OPTIONAL]
     out = Path(args.out)
     results = json.loads(out.read_text())["modules"] if out.is_file() else {}
     # FP8PIPE_TEST_CACHE: the tests' tiny pipeline is built once and read by every mutant's run (tests/conftest.py)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "FP8PIPE_TEST_CACHE": str(ROOT / "mutants" / "test-cache")}
+           "FP8PIPE_TEST_CACHE": str(ROOT / "mutants" / "test-cache"), "TOKENIZERS_PARALLELISM": "false"}
     for module in modules:
         command = f"python scripts/mutation.py --module '{module}'"
         start = time.perf_counter()
@@ -270,8 +285,9 @@ def main(argv=None) -> int:
             if run.returncode or not _results(module):
                 print(f"mutmut run failed for {module} (exit {run.returncode}); see the output above", file=sys.stderr)
                 return 1
-        seconds = time.perf_counter() - start if not args.report_only else results.get(module, {}).get("minutes", 0) * 60
-        row = measure(module, seconds, command, mutmut)
+        row = measure(module, 0.0, command)
+        # the module's whole share of the command: preparing, mutmut, and reading the results
+        row["minutes"] = round((time.perf_counter() - start) / 60, 1) if not args.report_only else results.get(module, {}).get("minutes", 0.0)
         results = json.loads(out.read_text())["modules"] if out.is_file() else {}  # others' rows as they are now
         if args.report_only and module in results:  # the same run, re-read: keep when it was measured
             row["measured"] = results[module].get("measured", row["measured"])

@@ -48,6 +48,14 @@ def test_a_folder_without_safetensors_is_refused_naming_its_pickles_if_any(tmp_p
     assert e.value.message.endswith("has no .safetensors weights")
 
 
+def test_several_pickles_are_all_named_comma_separated(tmp_path):
+    for name in ("a.bin", "b.pt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ModelLoadError) as e:
+        checkpoint.safetensors_files(tmp_path)
+    assert e.value.message.endswith("has no .safetensors weights (only pickle files: a.bin, b.pt)")
+
+
 def test_a_truncated_safetensors_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "cut.safetensors"
     save_file({"w": torch.ones(64, 64)}, str(path))

@@ -9,6 +9,7 @@ from conftest import TEST_TRANSFORMER, run_transformer, transformer_inputs
 from safetensors.torch import save_file
 from sai_layout import comfy_dequantize, to_comfy_quant, to_comfy_scaled_fp8, to_sai_layout
 
+from fp8pipe.checkpoint import read_single_file_transformer
 from fp8pipe.errors import ModelLoadError
 from fp8pipe.fp8 import relative_l2
 from fp8pipe.loader import LoadOptions, load_model
@@ -109,3 +110,34 @@ def test_a_base_of_another_architecture_is_named_as_such(sai_state, tiny_pipelin
     with pytest.raises(ModelLoadError, match="another architecture than --base") as e:
         _load(state, tmp_path, tiny_pipeline_dir)
     assert "pos_embed_max_size: file 24" in str(e.value) and "re-export" not in str(e.value)
+
+
+def test_a_refusal_inside_the_comfyui_reader_names_the_file_and_keeps_its_fix(sai_state, tmp_path):
+    state, _ = to_comfy_quant(sai_state, "float8_e4m3fn", "tensors")
+    state[PREFIX + "joint_blocks.0.x_block.mlp.fc1.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
+    path = tmp_path / "nvfp4.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ModelLoadError) as e:
+        read_single_file_transformer(path)
+    assert e.value.message.startswith("nvfp4.safetensors: layer ") and e.value.tried == [str(path)]
+    assert e.value.fix.startswith("fp8pipe reads ComfyUI's float8_e4m3fn")
+
+
+def test_a_diffusers_keyed_comfyui_file_gives_each_fp8_weight_its_scale_per_row(load_tiny, tmp_path):
+    """ComfyUI's per-tensor scale in a file with diffusers' key names: kept as FP8, the scale
+    broadcast to one per output row (the layout FP8Linear holds)."""
+    state = {PREFIX + k: v.contiguous() for k, v in load_tiny(precision="fp32").pipe.transformer.state_dict().items()}
+    layer = PREFIX + "transformer_blocks.2.ff.net.2"
+    weight = state[layer + ".weight"]
+    scale = weight.abs().amax() / 448.0
+    state[layer + ".weight"] = (weight / scale).to(torch.float8_e4m3fn)
+    state[layer + ".weight_scale"] = scale.reshape(())
+    path = tmp_path / "diffusers-keyed.safetensors"
+    save_file(state, str(path))
+    layout, out = read_single_file_transformer(path)
+    assert layout == "comfyui-quant"
+    key = "transformer_blocks.2.ff.net.2"
+    assert torch.equal(out[key + ".weight"].view(torch.uint8), state[layer + ".weight"].view(torch.uint8))
+    assert out[key + ".scale"].shape == (weight.shape[0],) and bool((out[key + ".scale"] == scale).all())
+    assert key + ".weight_scale" not in out and "transformer_blocks.0.attn.to_q.weight" in out
+    assert out["transformer_blocks.0.attn.to_q.weight"].dtype == torch.float32

@@ -37,6 +37,15 @@ def test_on_a_gpu_a_partial_plan_is_pooled_by_its_resident_blocks_and_counts_wha
     eng.close()
 
 
+def test_on_a_gpu_a_group_offload_plan_counts_what_it_streams(stand_ins, gpu_engine):
+    eng = gpu_engine(vram_budget="12GiB")
+    eng.submit(eng.request(model="sd3.5-medium", prompt="medium", seed=1, steps=3), model="sd3.5-medium").result(6 * WAIT)
+    ((key, entry),) = eng._pool.items()
+    assert key.placement == entry.plan.placement == "group_offload"  # every block streams, one at a time
+    assert isinstance(entry.streamed, StreamCounter)
+    eng.close()
+
+
 def test_on_a_gpu_a_resident_pipeline_streams_nothing_and_pins_nothing(stand_ins, gpu_engine):
     eng = gpu_engine(vram_budget="80GiB")
     _submit(eng, "resident").result(WAIT)
@@ -159,4 +168,18 @@ def test_a_lora_folder_alone_gives_every_pipeline_a_lora_set_with_nothing_fixed(
     (lora_set,) = StandInLoraSet.made
     assert entry.lora_set is lora_set and lora_set.applied == [([], "runtime")]
     assert [(args[0], args[1]) for args in per_request] == [(lora_set, ())]
+    eng.close()
+
+
+def test_on_the_cpu_a_model_of_an_unknown_family_is_pooled_with_no_counted_bytes(stand_ins):
+    stand_ins.spec = dataclasses.replace(SPECS["demo"], name="my-finetune")
+    eng = _engine(stand_ins)
+    _submit(eng, "first", model="my-finetune").result(WAIT)
+    _submit(eng, "bf16", model="my-finetune", precision="bf16").result(WAIT)  # now known: not planned
+    unplanned = next(e for k, e in eng._pool.items() if k.precision == "bf16")
+    assert unplanned.plan.breakdown == {} and (unplanned.vram_bytes, unplanned.host_bytes) == (0, 0)
+    first = next(e for k, e in eng._pool.items() if k.precision == "fp8")
+    eng.host_budget = first.host_bytes  # the unplanned pipeline counts nothing: a third still fits exactly
+    _submit(eng, "fp32", model="my-finetune", precision="fp32").result(WAIT)
+    assert len(eng._pool) == 3
     eng.close()
