@@ -150,19 +150,29 @@ def _source(module: str) -> str:
     return "/".join(SCOPE[module][0][0].split(".")[:2]) + ".py"  # fp8pipe.fp8.x_f* -> fp8pipe/fp8.py
 
 
-def _diff(name: str, module: str) -> str:
-    """The mutant's changed line, before -> after (mutmut's own diff, in-process: a `mutmut show`
-    per mutant costs a second of start-up)."""
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
+# mutmut is this script's tool, not a dependency of fp8pipe (requirements.txt does not carry it):
+# like `mutmut run`, its diff reader runs in a process of its own, one per module for all names.
+_DIFFS = """
+import json, sys
+from pathlib import Path
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+source, names = sys.argv[1], json.load(sys.stdin)
+json.dump({n: get_diff_for_mutant(n, path=Path(source)) for n in names}, sys.stdout)
+"""
 
-    cwd = os.getcwd()
-    os.chdir(_workdir(module))
-    try:
-        out = get_diff_for_mutant(name, path=Path(_source(module)))
-    finally:
-        os.chdir(cwd)
-    lines = [ln[1:].strip() for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-    return " → ".join(lines[:2])[:240]
+
+def _diffs(names: list[str], module: str) -> dict[str, str]:
+    """Each mutant's changed line, before -> after, from mutmut's own diff (a `mutmut show` per
+    mutant would cost a second of start-up each)."""
+    if not names:
+        return {}
+    run = subprocess.run([sys.executable, "-c", _DIFFS, _source(module)], cwd=_workdir(module), input=json.dumps(names),
+                         capture_output=True, text=True, check=True)
+    out = {}
+    for name, diff in json.loads(run.stdout).items():
+        lines = [ln[1:].strip() for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+        out[name] = " → ".join(lines[:2])[:240]
+    return out
 
 
 def _versions() -> dict:
@@ -186,7 +196,7 @@ def measure(module: str, seconds: float, command: str) -> dict:
     codes = _results(module)
     names = sorted(codes)
     killed = [n for n in names if codes[n] in KILLED]
-    diffs = {n: _diff(n, module) for n in names if n not in killed}
+    diffs = _diffs([n for n in names if n not in killed], module)
     equiv = [n for n in diffs if n in listed and listed[n]["diff"] == diffs[n]]
     alive = [n for n in diffs if n not in equiv]
     counted = len(names) - len(equiv)
