@@ -161,9 +161,13 @@ json.dump({n: get_diff_for_mutant(n, path=Path(source)) for n in names}, sys.std
 """
 
 
+SHOWN = 240  # characters of a diff the markdown shows; the JSON and the equivalents file keep it whole
+
+
 def _diffs(names: list[str], module: str) -> dict[str, str]:
-    """Each mutant's changed line, before -> after, from mutmut's own diff (a `mutmut show` per
-    mutant would cost a second of start-up each)."""
+    """Each mutant's changed line, before -> after, whole (it identifies the change: two mutants
+    of one long line differ past any cut), from mutmut's own diff (a `mutmut show` per mutant
+    would cost a second of start-up each)."""
     if not names:
         return {}
     run = subprocess.run([sys.executable, "-c", _DIFFS, _source(module)], cwd=_workdir(module), input=json.dumps(names),
@@ -171,7 +175,7 @@ def _diffs(names: list[str], module: str) -> dict[str, str]:
     out = {}
     for name, diff in json.loads(run.stdout).items():
         lines = [ln[1:].strip() for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-        out[name] = " → ".join(lines[:2])[:240]
+        out[name] = " → ".join(lines[:2])
     return out
 
 
@@ -186,7 +190,7 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end"
 
 
-def measure(module: str, seconds: float, command: str) -> dict:
+def measure(module: str, command: str) -> dict:
     """One module's result from its mutants/ folder: counts, score, the survivors and the equivalents.
 
     An equivalent mutant is listed with the change it was judged on: mutmut numbers mutants by
@@ -203,7 +207,7 @@ def measure(module: str, seconds: float, command: str) -> dict:
 
     def status(n: str) -> str:
         if n in listed:
-            return f"re-check: listed as equivalent for `{listed[n]['diff']}`"
+            return f"re-check: listed as equivalent for `{listed[n]['diff'][:SHOWN]}`"
         return SURVIVED.get(codes[n], f"exit {codes[n]}")
 
     return {
@@ -213,7 +217,6 @@ def measure(module: str, seconds: float, command: str) -> dict:
         "survived": len(alive),
         "equivalent": len(equiv),
         "score_percent": round(100.0 * len(killed) / counted, 1) if counted else 100.0,
-        "minutes": round(seconds / 60, 1),
         "command": command,
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": _machine(),
@@ -231,8 +234,8 @@ def markdown(results: dict) -> str:
         rows.append(
             f"| {module} | {r['mutants']} | {r['killed']} | {r['timed_out']} | {r['survived']} | {r['equivalent']} | **{r['score_percent']:.1f} %** | {r['minutes']} | {r['measured']} |"
         )
-        survivors += [f"- {module}: `{m['name']}` ({m['status']}): `{m['diff']}`" for m in r["surviving"]]
-        excluded += [f"- {module}: `{m['name']}`: `{m['diff']}`: {m['reason']}" for m in r["equivalent_mutants"]]
+        survivors += [f"- {module}: `{m['name']}` ({m['status']}): `{m['diff'][:SHOWN]}`" for m in r["surviving"]]
+        excluded += [f"- {module}: `{m['name']}`: `{m['diff'][:SHOWN]}`: {m['reason']}" for m in r["equivalent_mutants"]]
     scopes = []
     for module, r in results.items():
         names = sorted({re.sub(r"__mutmut_\*$", "", g).split(".", 2)[-1].removeprefix("x_").replace("xǁ", "").replace("ǁ", ".") for g in r["scope"]})
@@ -295,12 +298,13 @@ def main(argv=None) -> int:
             if run.returncode or not _results(module):
                 print(f"mutmut run failed for {module} (exit {run.returncode}); see the output above", file=sys.stderr)
                 return 1
-        row = measure(module, 0.0, command)
+        row = measure(module, command)
         # the module's whole share of the command: preparing, mutmut, and reading the results
         row["minutes"] = round((time.perf_counter() - start) / 60, 1) if not args.report_only else results.get(module, {}).get("minutes", 0.0)
         results = json.loads(out.read_text())["modules"] if out.is_file() else {}  # others' rows as they are now
-        if args.report_only and module in results:  # the same run, re-read: keep when it was measured
+        if args.report_only and module in results:  # the same run, re-read: keep when and where it was measured
             row["measured"] = results[module].get("measured", row["measured"])
+            row["machine"] = results[module].get("machine", row["machine"])
         results[module] = row
         results = {m: results[m] for m in SCOPE if m in results}  # SCOPE's order
         out.write_text(json.dumps({"modules": results}, indent=1, ensure_ascii=False) + "\n")
